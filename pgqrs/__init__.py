@@ -1,0 +1,66 @@
+"""pgqrs: a durable message queue that lives in PostgreSQL, on SQLAlchemy 2 and Alembic."""
+
+from __future__ import annotations
+
+from pgqrs.admin import Admin
+from pgqrs.consumer import Consumer
+from pgqrs.errors import (
+    ConfigurationError,
+    DatabaseError,
+    DatabaseUnavailableError,
+    PgqrsError,
+    QueueAlreadyExistsError,
+    QueueInUseError,
+    QueueNotFoundError,
+    SchemaError,
+    SchemaNotInstalledError,
+    SchemaVersionMismatchError,
+    StateError,
+    ValidationError,
+    WorkerAlreadyExistsError,
+    WorkerNotFoundError,
+)
+from pgqrs.producer import Producer
+from pgqrs.settings import Settings
+from pgqrs.types import (
+    ArchivedMessage,
+    QueueInfo,
+    QueueMessage,
+    QueueMetrics,
+    SystemStats,
+    WorkerHealthStats,
+    WorkerInfo,
+    WorkerStatus,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Admin",
+    "ArchivedMessage",
+    "ConfigurationError",
+    "Consumer",
+    "DatabaseError",
+    "DatabaseUnavailableError",
+    "PgqrsError",
+    "Producer",
+    "QueueAlreadyExistsError",
+    "QueueInUseError",
+    "QueueInfo",
+    "QueueMessage",
+    "QueueMetrics",
+    "QueueNotFoundError",
+    "SchemaError",
+    "SchemaNotInstalledError",
+    "SchemaVersionMismatchError",
+    "Settings",
+    "StateError",
+    "SystemStats",
+    "ValidationError",
+    "WorkerAlreadyExistsError",
+    "WorkerHealthStats",
+    "WorkerInfo",
+    "WorkerNotFoundError",
+    "WorkerStatus",
+    "__version__",
+]

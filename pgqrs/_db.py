@@ -1,0 +1,128 @@
+"""Engines and transactions: pgqrs's own engine from a DSN, or the host application's.
+
+A DSN makes pgqrs create (and later dispose) its own engine. A host ``AsyncEngine`` is
+shared and never disposed or reconfigured. A lent session or connection is joined as is:
+pgqrs never commits, rolls back or closes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+from sqlalchemy import Engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from pgqrs import _dsn, errors
+from pgqrs.repositories import Executor
+from pgqrs.settings import Settings
+
+
+def create_engine(dsn: str, settings: Settings, *, pooled: bool = True) -> AsyncEngine:
+    """Create pgqrs's own engine for ``dsn`` (no I/O happens until first use).
+
+    ``pooled=False`` opens a connection per transaction and keeps none, for clients like
+    Admin whose users often never close them (the seed's examples don't).
+
+    Raises:
+        ConfigurationError: the DSN is not a PostgreSQL URL.
+    """
+    parsed = _dsn.parse(dsn)
+    connect_timeout = parsed.connect_timeout or settings.connect_timeout
+
+    async def connect() -> asyncpg.Connection:
+        # Cap the connect itself too: asyncpg's timeout does not cover every DNS/TCP path.
+        return await asyncpg.connect(
+            parsed.libpq_url,
+            timeout=connect_timeout,
+            command_timeout=settings.statement_timeout,
+            # Behind pgbouncer's transaction pooling a named statement may land on another
+            # server connection, so prepared statements must not be reused there.
+            statement_cache_size=0 if settings.pgbouncer else 256,
+        )
+
+    def creator() -> Any:
+        dbapi: Any = engine.dialect.dbapi
+        return dbapi.connect(
+            async_creator_fn=connect,
+            prepared_statement_cache_size=0 if settings.pgbouncer else 256,
+            prepared_statement_name_func=_unique_statement_name if settings.pgbouncer else None,
+        )
+
+    pool: dict[str, Any] = (
+        {"pool_size": settings.pool_size, "max_overflow": settings.max_overflow,
+         "pool_timeout": connect_timeout, "pool_recycle": 3600}
+        if pooled else {"poolclass": NullPool}
+    )
+    engine = create_async_engine("postgresql+asyncpg://", creator=creator, **pool)
+    return engine
+
+
+def _unique_statement_name() -> str:
+    return f"__pgqrs_{uuid.uuid4().hex}__"
+
+
+class Database:
+    """The engine a pgqrs client uses, and whether pgqrs owns it."""
+
+    def __init__(self, target: str | AsyncEngine, settings: Settings, *,
+                 pooled: bool = True) -> None:
+        if isinstance(target, AsyncEngine):
+            self.engine = target
+            self.owned = False
+        elif isinstance(target, Engine):
+            raise errors.ConfigurationError(
+                "pgqrs's async API needs an AsyncEngine (create_async_engine with the asyncpg "
+                "driver); for a synchronous Engine use pgqrs.sync"
+            )
+        elif isinstance(target, str):
+            self.engine = create_engine(target, settings, pooled=pooled)
+            self.owned = True
+        else:
+            raise errors.ConfigurationError(
+                f"Expected a DSN string or an AsyncEngine, got {type(target).__name__}"
+            )
+        if self.engine.dialect.name != "postgresql":
+            raise errors.ConfigurationError(
+                f"pgqrs needs PostgreSQL, not {self.engine.dialect.name!r}"
+            )
+
+    @contextlib.asynccontextmanager
+    async def transaction(
+        self, lent: Executor | None = None, **context: Any
+    ) -> AsyncIterator[Executor]:
+        """Yield ``lent`` as is, or a connection in a new transaction that commits on exit.
+
+        Any database error inside the block surfaces as a pgqrs error.
+        """
+        if lent is not None:
+            if isinstance(lent, AsyncSession | AsyncConnection):
+                with errors.translate_db_errors(**context):
+                    yield lent
+                return
+            raise errors.ConfigurationError(
+                f"session= must be an AsyncSession and connection= an AsyncConnection, "
+                f"got {type(lent).__name__}"
+            )
+        with errors.translate_db_errors(**context):
+            async with self.engine.begin() as conn:
+                yield conn
+
+    async def dispose(self) -> None:
+        """Dispose the engine if pgqrs created it; a host's engine is left alone."""
+        if self.owned:
+            with contextlib.suppress(Exception):
+                await self.engine.dispose()
+
+
+def lent_executor(
+    session: AsyncSession | None, connection: AsyncConnection | None
+) -> Executor | None:
+    """Return whichever of ``session``/``connection`` the caller lent (at most one)."""
+    if session is not None and connection is not None:
+        raise errors.ConfigurationError("Pass either session= or connection=, not both")
+    return session if session is not None else connection

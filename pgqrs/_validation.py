@@ -1,0 +1,178 @@
+"""Checks that run before any SQL: payloads, queue names, worker identities; rate limit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from pgqrs import errors
+from pgqrs.models import QUEUE_NAME_MAX_LENGTH
+
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def encode_payload(payload: object, *, max_bytes: int, max_depth: int) -> str:
+    """Validate ``payload`` and return it encoded as compact JSON.
+
+    Raises:
+        ValidationError: not a dict, not JSON-serialisable, NaN/Infinity, a NUL character
+            (jsonb cannot store it), nested deeper than ``max_depth`` or larger than
+            ``max_bytes`` once encoded.
+    """
+    if not isinstance(payload, dict):
+        raise errors.ValidationError(
+            f"Payload must be a dict, got {type(payload).__name__}"
+        )
+    _check(payload, depth=1, max_depth=max_depth, path="payload")
+    try:
+        encoded = json.dumps(payload, allow_nan=False, separators=(",", ":"),
+                             ensure_ascii=False)
+    except ValueError as exc:
+        raise errors.ValidationError(
+            f"Payload is not valid JSON: {exc} (NaN and Infinity are not allowed)"
+        ) from None
+    size = len(encoded.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise errors.ValidationError(
+            f"Payload is {size} bytes as JSON, over the limit of {max_bytes} bytes "
+            "(raise max_payload_bytes or store the data elsewhere and enqueue a reference)"
+        )
+    return encoded
+
+
+def _check(value: Any, *, depth: int, max_depth: int, path: str) -> None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise errors.ValidationError(
+                f"{path} contains a NUL character (\\u0000), which PostgreSQL jsonb cannot store"
+            )
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise errors.ValidationError(
+                f"{path} contains a lone surrogate and is not valid UTF-8"
+            ) from None
+        return
+    if isinstance(value, _JSON_SCALARS):
+        if isinstance(value, float) and (value != value or value in (float("inf"),
+                                                                      float("-inf"))):
+            raise errors.ValidationError(f"{path} is {value}; NaN and Infinity are not JSON")
+        return
+    if isinstance(value, dict | list | tuple):
+        if depth > max_depth:
+            raise errors.ValidationError(
+                f"Payload is nested deeper than {max_depth} levels (at {path})"
+            )
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise errors.ValidationError(
+                        f"{path} has a key of type {type(key).__name__}; JSON keys must be str"
+                    )
+                _check(key, depth=depth, max_depth=max_depth, path=f"{path} key {key[:20]!r}")
+                _check(item, depth=depth + 1, max_depth=max_depth, path=f"{path}[{key!r}]")
+        else:
+            for index, item in enumerate(value):
+                _check(item, depth=depth + 1, max_depth=max_depth, path=f"{path}[{index}]")
+        return
+    raise errors.ValidationError(
+        f"{path} is a {type(value).__name__}, which is not JSON-serialisable "
+        "(use str, int, float, bool, None, list or dict)"
+    )
+
+
+def queue_name(name: object) -> str:
+    """Return ``name`` if it is a usable queue name.
+
+    Raises:
+        ValidationError: not a str, empty, too long or containing non-printable characters.
+    """
+    if not isinstance(name, str):
+        raise errors.ValidationError(f"Queue name must be a str, got {type(name).__name__}")
+    if not name.strip():
+        raise errors.ValidationError("Queue name must not be empty")
+    if len(name) > QUEUE_NAME_MAX_LENGTH:
+        raise errors.ValidationError(
+            f"Queue name is {len(name)} characters; the limit is {QUEUE_NAME_MAX_LENGTH}"
+        )
+    if not name.isprintable():
+        raise errors.ValidationError(f"Queue name {name!r} contains non-printable characters")
+    return name
+
+
+def worker_identity(hostname: object, port: object) -> tuple[str, int]:
+    """Return ``(hostname, port)`` if usable as a worker identity.
+
+    Raises:
+        ValidationError: hostname not a printable non-empty str (≤ 255), or port not an int
+            in 0-65535.
+    """
+    if not isinstance(hostname, str) or not hostname.strip() or len(hostname) > 255 \
+            or not hostname.isprintable():
+        raise errors.ValidationError(
+            f"hostname must be a non-empty printable str of at most 255 characters, "
+            f"got {hostname!r:.80}"
+        )
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise errors.ValidationError(f"port must be an int between 0 and 65535, got {port!r:.40}")
+    return hostname, port
+
+
+def seconds(name: str, value: object, *, allow_zero: bool = True) -> float:
+    """Return ``value`` as non-negative seconds (a number), else raise ``ValidationError``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value \
+            or value < 0 or (value == 0 and not allow_zero) or value == float("inf"):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise errors.ValidationError(f"{name} must be a finite number of seconds {bound}, "
+                                     f"got {value!r:.40}")
+    return float(value)
+
+
+def positive_int(name: str, value: object) -> int:
+    """Return ``value`` if it is an int >= 1, else raise ``ValidationError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise errors.ValidationError(f"{name} must be an int >= 1, got {value!r:.40}")
+    return value
+
+
+def message_ids(ids: object) -> list[int]:
+    """Return ``ids`` as a list of ints, else raise ``ValidationError``."""
+    if isinstance(ids, int) and not isinstance(ids, bool):
+        return [ids]
+    if not isinstance(ids, list | tuple | set | frozenset):
+        raise errors.ValidationError(f"Expected a list of message ids, got {type(ids).__name__}")
+    out = list(ids)
+    for i in out:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 < i < 2**63:
+            raise errors.ValidationError(f"Message ids must be positive ints, got {i!r:.40}")
+    return out
+
+
+class TokenBucket:
+    """Client-side rate limit: waits for tokens instead of failing.
+
+    A request larger than the burst is let through once the bucket is full and leaves it
+    in debt, so a big batch is never refused, only paced.
+    """
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._tokens = float(burst)
+        self._stamp = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self, tokens: int = 1) -> None:
+        """Wait until ``tokens`` may be spent."""
+        async with self._lock:
+            need = min(float(tokens), self.burst)
+            while True:
+                now = time.monotonic()
+                self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+                self._stamp = now
+                if self._tokens >= need:
+                    self._tokens -= tokens
+                    return
+                await asyncio.sleep((need - self._tokens) / self.rate)

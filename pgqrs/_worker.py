@@ -1,0 +1,224 @@
+"""What Producer and Consumer share: lazy registration, heartbeats and the lifecycle.
+
+A client registers its ``(hostname, port)`` row on first use (construction does no I/O),
+then keeps it alive with a background heartbeat task. If the event loop shuts down while
+the client is still open (``asyncio.run`` cancels leftover tasks), the heartbeat task
+closes the client on its way out, so an unclosed client never leaves a "live" row behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from types import TracebackType
+from typing import Any, Self
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from pgqrs import _validation, errors
+from pgqrs._db import Database
+from pgqrs.models import Worker
+from pgqrs.repositories import MessageRepository, QueueRepository, WorkerRepository
+from pgqrs.settings import Settings
+from pgqrs.types import WorkerStatus
+
+log = logging.getLogger("pgqrs")
+
+_READY, _SUSPENDED, _STOPPED = WorkerStatus.READY, WorkerStatus.SUSPENDED, WorkerStatus.STOPPED
+
+
+class WorkerClient:
+    """Base of Producer and Consumer: one registered worker bound to one queue."""
+
+    def __init__(
+        self,
+        dsn: str | AsyncEngine,
+        queue: str,
+        hostname: str,
+        port: int,
+        **options: Any,
+    ) -> None:
+        self.queue_name = _validation.queue_name(queue)
+        self.hostname, self.port = _validation.worker_identity(hostname, port)
+        self.settings = Settings.build(**options)
+        self._db = Database(dsn, self.settings)
+        schema = self.settings.schema
+        self._queues = QueueRepository(schema)
+        self._workers = WorkerRepository(schema)
+        self._messages = MessageRepository(schema)
+        self._worker_id: int | None = None
+        self._queue_id: int | None = None
+        self._status: WorkerStatus | None = None
+        self._register_lock: asyncio.Lock | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(queue={self.queue_name!r}, hostname={self.hostname!r}, "
+                f"port={self.port}, worker_id={self._worker_id})")
+
+    @property
+    def worker_id(self) -> int | None:
+        """This client's row in ``pgqrs_workers``; None until first use (or ``register()``)."""
+        return self._worker_id
+
+    async def register(self) -> int:
+        """Register now rather than on first use; return the worker id.
+
+        Raises:
+            QueueNotFoundError: the queue does not exist.
+            WorkerAlreadyExistsError: a live worker already uses this hostname and port.
+            StateError: the client was closed.
+        """
+        if self._worker_id is not None:
+            return self._worker_id
+        if self._closed:
+            raise errors.StateError(str(_STOPPED), str(_READY), "this client was closed")
+        if self._register_lock is None:
+            self._register_lock = asyncio.Lock()
+        async with self._register_lock:
+            if self._worker_id is None:
+                async with self._db.transaction() as conn:
+                    queue = await self._queues.get(conn, self.queue_name)
+                    worker_id = await self._workers.register(
+                        conn, hostname=self.hostname, port=self.port, queue_id=queue.id,
+                        stale_after=self.settings.stale_threshold,
+                    )
+                self._queue_id, self._worker_id, self._status = queue.id, worker_id, _READY
+                self._heartbeat_task = asyncio.create_task(
+                    self._heartbeat_loop(), name=f"pgqrs-heartbeat-{worker_id}"
+                )
+        assert self._worker_id is not None
+        return self._worker_id
+
+    async def _ids(self, *allowed: WorkerStatus) -> tuple[int, int]:
+        """Register if needed, check the local status; return (worker_id, queue_id)."""
+        worker_id = await self.register()
+        assert self._queue_id is not None and self._status is not None
+        if self._status not in allowed:
+            raise errors.StateError(
+                str(self._status), str(_READY),
+                f"{type(self).__name__} for queue {self.queue_name!r} is {self._status}; "
+                "call resume() first" if self._status is _SUSPENDED else
+                f"{type(self).__name__} for queue {self.queue_name!r} was shut down; "
+                "create a new one",
+            )
+        return worker_id, self._queue_id
+
+    async def _heartbeat_loop(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.settings.heartbeat_interval)
+                try:
+                    await self.heartbeat()
+                except errors.PgqrsError as exc:
+                    # The database may be briefly away; the next beat tries again.
+                    log.warning("pgqrs heartbeat for worker %s failed: %s", self._worker_id, exc)
+        except asyncio.CancelledError:
+            if not self._closed:
+                # The loop is going away with the client still open (asyncio.run's final
+                # cancellation): leave the database tidy rather than a "live" row.
+                self._heartbeat_task = None
+                with contextlib.suppress(Exception):
+                    await self.close()
+            raise
+
+    async def heartbeat(self) -> None:
+        """Record a heartbeat now (the background task does this every interval)."""
+        worker_id = await self.register()
+        async with self._db.transaction() as conn:
+            self._status = await self._workers.heartbeat(conn, worker_id)
+
+    async def status(self) -> WorkerStatus:
+        """The worker's status as stored in the database."""
+        worker_id = await self.register()
+        async with self._db.transaction() as conn:
+            info = await self._workers.get(conn, worker_id)
+        if info is None:
+            raise errors.WorkerNotFoundError(worker_id)
+        self._status = info.status
+        return info.status
+
+    async def is_healthy(self, max_age: float) -> bool:
+        """True if the worker is not stopped and beat within the last ``max_age`` seconds."""
+        age = _validation.seconds("max_age", max_age)
+        worker_id = await self.register()
+        w = Worker.__table__
+        stmt = select(
+            (w.c.status != _STOPPED) & (w.c.heartbeat_at >= func.now() - func.make_interval(
+                0, 0, 0, 0, 0, 0, age))
+        ).where(w.c.id == worker_id)
+        async with self._db.transaction() as conn:
+            healthy = (await self._workers._execute(conn, stmt)).scalar()
+        return bool(healthy)
+
+    async def _transition(self, allowed_from: tuple[WorkerStatus, ...], to: WorkerStatus,
+                          why: str) -> None:
+        worker_id = await self.register()
+        async with self._db.transaction() as conn:
+            blocked_by = await self._workers.transition(
+                conn, worker_id, allowed_from=allowed_from, to=to
+            )
+        if blocked_by is not None:
+            self._status = blocked_by
+            raise errors.StateError(str(blocked_by), str(to), why)
+        self._status = to
+
+    async def suspend(self) -> None:
+        """Ready → suspended: a suspended consumer receives nothing until ``resume()``."""
+        await self._transition((_READY,), _SUSPENDED, "only a ready worker can be suspended")
+
+    async def resume(self) -> None:
+        """Suspended → ready."""
+        await self._transition((_SUSPENDED,), _READY, "only a suspended worker can resume")
+
+    async def shutdown(self) -> None:
+        """Ready or suspended → stopped; the client cannot be used afterwards."""
+        await self._before_shutdown()
+        await self._transition((_READY, _SUSPENDED), _STOPPED,
+                               "the worker is already stopped")
+
+    async def _before_shutdown(self) -> None:
+        """Hook for Consumer: refuse to stop while holding messages."""
+
+    async def _release_held(self) -> None:
+        """Hook for Consumer: give back held messages when closing."""
+
+    async def close(self, *, release_held: bool = True) -> None:
+        """Stop heartbeats, release held work, mark the worker stopped, free connections.
+
+        Idempotent. A host's engine is left open; an engine pgqrs created is disposed.
+
+        Args:
+            release_held: give held messages back at once (default). With False their
+                leases simply run out, as after a crash.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        task, self._heartbeat_task = self._heartbeat_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        try:
+            if self._worker_id is not None and self._status is not _STOPPED:
+                if release_held:
+                    await self._release_held()
+                async with self._db.transaction() as conn:
+                    await self._workers.transition(conn, self._worker_id,
+                                                   allowed_from=(_READY, _SUSPENDED), to=_STOPPED)
+                self._status = _STOPPED
+        except errors.PgqrsError as exc:
+            log.warning("pgqrs could not mark worker %s stopped: %s", self._worker_id, exc)
+        finally:
+            await self._db.dispose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()

@@ -1,0 +1,168 @@
+"""SQLAlchemy declarative models of the four pgqrs tables.
+
+They live on pgqrs's own ``MetaData`` (never the host application's) with ``schema=None``;
+pgqrs maps ``None`` to the configured schema on every statement
+(``schema_translate_map``), so the same models serve any schema.
+
+The models describe the schema; Alembic revisions in ``pgqrs/migrations/versions`` create
+it, and ``alembic check`` keeps the two in agreement.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from pgqrs.types import WorkerStatus
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+QUEUE_NAME_MAX_LENGTH = 255
+
+
+class PgqrsBase(DeclarativeBase):
+    """Declarative base of the pgqrs tables, with its own naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+_TIMESTAMP = DateTime(timezone=True)
+
+worker_status_enum = Enum(
+    WorkerStatus,
+    name="worker_status",
+    values_callable=lambda members: [m.value for m in members],
+)
+
+
+class Queue(PgqrsBase):
+    """A named queue."""
+
+    __tablename__ = "pgqrs_queues"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    queue_name: Mapped[str] = mapped_column(
+        String(QUEUE_NAME_MAX_LENGTH), unique=True, nullable=False
+    )
+    created_at: Mapped[datetime] = mapped_column(
+        _TIMESTAMP, nullable=False, server_default=func.now()
+    )
+
+
+class Worker(PgqrsBase):
+    """A Producer or Consumer identity, ``(hostname, port)``; no queue means an admin."""
+
+    __tablename__ = "pgqrs_workers"
+    __table_args__ = (
+        UniqueConstraint("hostname", "port"),
+        Index(None, "queue_id", "status"),
+        Index(None, "heartbeat_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    hostname: Mapped[str] = mapped_column(Text, nullable=False)
+    port: Mapped[int] = mapped_column(Integer, nullable=False)
+    queue_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("pgqrs_queues.id", ondelete="CASCADE"), nullable=True
+    )
+    started_at: Mapped[datetime] = mapped_column(
+        _TIMESTAMP, nullable=False, server_default=func.now()
+    )
+    heartbeat_at: Mapped[datetime] = mapped_column(
+        _TIMESTAMP, nullable=False, server_default=func.now()
+    )
+    shutdown_at: Mapped[datetime | None] = mapped_column(_TIMESTAMP, nullable=True)
+    status: Mapped[WorkerStatus] = mapped_column(
+        worker_status_enum, nullable=False, server_default=text("'ready'")
+    )
+
+
+class Message(PgqrsBase):
+    """A live message; ``vt`` is when it becomes (or became) claimable."""
+
+    __tablename__ = "pgqrs_messages"
+    __table_args__ = (
+        # Serves the dequeue query: equality on queue_id, FIFO walk by id, vt filtered.
+        Index(None, "queue_id", "id"),
+        Index(None, "consumer_worker_id"),
+        Index(None, "producer_worker_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    queue_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("pgqrs_queues.id"), nullable=False
+    )
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    vt: Mapped[datetime] = mapped_column(_TIMESTAMP, nullable=False, server_default=func.now())
+    enqueued_at: Mapped[datetime] = mapped_column(
+        _TIMESTAMP, nullable=False, server_default=func.now()
+    )
+    read_ct: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    dequeued_at: Mapped[datetime | None] = mapped_column(_TIMESTAMP, nullable=True)
+    producer_worker_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("pgqrs_workers.id", ondelete="SET NULL"), nullable=True
+    )
+    consumer_worker_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("pgqrs_workers.id", ondelete="SET NULL"), nullable=True
+    )
+
+
+class Archive(PgqrsBase):
+    """A message that left the live queue: processed, or a dead letter.
+
+    No foreign keys: the archive is history and outlives workers.
+    """
+
+    __tablename__ = "pgqrs_archive"
+    __table_args__ = (
+        Index(None, "queue_id", "id"),
+        Index(None, "archived_at"),
+        Index(None, "original_msg_id"),
+        Index(None, "producer_worker_id"),
+        Index(None, "consumer_worker_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    original_msg_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    queue_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    enqueued_at: Mapped[datetime] = mapped_column(_TIMESTAMP, nullable=False)
+    vt: Mapped[datetime | None] = mapped_column(_TIMESTAMP, nullable=True)
+    read_ct: Mapped[int] = mapped_column(Integer, nullable=False)
+    archived_at: Mapped[datetime] = mapped_column(
+        _TIMESTAMP, nullable=False, server_default=func.now()
+    )
+    dequeued_at: Mapped[datetime | None] = mapped_column(_TIMESTAMP, nullable=True)
+    producer_worker_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    consumer_worker_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    dead_letter: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, server_default=text("false")
+    )
+
+
+__all__ = ["NAMING_CONVENTION", "Archive", "Message", "PgqrsBase", "Queue", "Worker"]

@@ -1,0 +1,90 @@
+"""Statements on ``pgqrs_archive``: listing, dead letters, replay, per-worker queries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import bindparam, delete, func, insert, select
+
+from pgqrs.models import Archive, Message
+from pgqrs.repositories._base import Executor, Repository
+from pgqrs.repositories.messages import to_archived
+from pgqrs.types import ArchivedMessage
+
+_a = Archive.__table__
+_m = Message.__table__
+
+_replayed = (
+    delete(_a)
+    .where(_a.c.id == bindparam("p_id"), _a.c.dead_letter.is_(True))
+    .returning(_a.c.queue_id, _a.c.payload, _a.c.producer_worker_id)
+    .cte("replayed")
+)
+_REPLAY = (
+    insert(_m)
+    .from_select(
+        ["queue_id", "payload", "producer_worker_id"],
+        select(_replayed.c.queue_id, _replayed.c.payload, _replayed.c.producer_worker_id),
+    )
+    .returning(_m.c.id)
+)
+
+
+class ArchiveRepository(Repository):
+    """Archived messages: successes and dead letters."""
+
+    def _where(self, queue_id: int | None, worker_id: int | None,
+               dead: bool | None) -> list[Any]:
+        where: list[Any] = []
+        if queue_id is not None:
+            where.append(_a.c.queue_id == queue_id)
+        if worker_id is not None:
+            where.append(_a.c.consumer_worker_id == worker_id)
+        if dead is not None:
+            where.append(_a.c.dead_letter.is_(dead))
+        return where
+
+    async def list(self, executor: Executor, *, queue_id: int | None = None,
+                   worker_id: int | None = None, dead: bool | None = None,
+                   limit: int | None = None, offset: int = 0) -> list[ArchivedMessage]:
+        """Archived messages, oldest first, filtered as given."""
+        stmt = (select(*_a.c).where(*self._where(queue_id, worker_id, dead))
+                .order_by(_a.c.id).limit(limit).offset(offset))
+        return [to_archived(r) for r in await self._execute(executor, stmt)]
+
+    async def count(self, executor: Executor, *, queue_id: int | None = None,
+                    worker_id: int | None = None, dead: bool | None = None) -> int:
+        """Number of archived messages, filtered as given."""
+        stmt = select(func.count()).select_from(_a).where(*self._where(queue_id, worker_id,
+                                                                       dead))
+        return int((await self._execute(executor, stmt)).scalar_one())
+
+    async def get(self, executor: Executor, archive_id: int) -> ArchivedMessage | None:
+        """The archive row with this id, or None."""
+        row = (await self._execute(executor, select(*_a.c).where(_a.c.id == archive_id))).first()
+        return to_archived(row) if row is not None else None
+
+    async def delete(self, executor: Executor, archive_id: int) -> bool:
+        """Delete one archive row; True if it existed."""
+        result = await self._execute(
+            executor, delete(_a).where(_a.c.id == archive_id).returning(_a.c.id)
+        )
+        return result.first() is not None
+
+    async def delete_by_worker(self, executor: Executor, worker_id: int) -> int:
+        """Delete the archive rows a worker consumed; return how many."""
+        result = await self._execute(
+            executor, delete(_a).where(_a.c.consumer_worker_id == worker_id).returning(_a.c.id)
+        )
+        return len(result.all())
+
+    async def replay(self, executor: Executor, archive_id: int) -> int | None:
+        """Put a dead letter back on its queue as a fresh message; its new id, or None."""
+        result = await self._execute(executor, _REPLAY, {"p_id": archive_id})
+        new_id = result.scalar_one_or_none()
+        return int(new_id) if new_id is not None else None
+
+    async def counts_by_queue(self, executor: Executor) -> dict[int, int]:
+        """Archived rows per queue id."""
+        stmt = select(_a.c.queue_id, func.count()).group_by(_a.c.queue_id)
+        return {int(q): int(n) for q, n in await self._execute(executor, stmt)}

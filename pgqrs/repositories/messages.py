@@ -1,0 +1,309 @@
+"""Statements on ``pgqrs_messages``: enqueue, the SKIP LOCKED claim, acks and counts.
+
+Every statement is built once at import; the schema map is applied per execution, so
+SQLAlchemy's compiled cache serves them all after first use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    ColumnElement,
+    Interval,
+    Text,
+    and_,
+    any_,
+    bindparam,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    literal_column,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+from pgqrs.models import Archive, Message, Worker
+from pgqrs.repositories._base import EncodedJSONB, Executor, Repository
+from pgqrs.types import ArchivedMessage, QueueMessage, WorkerStatus
+
+_m = Message.__table__
+_a = Archive.__table__
+_w = Worker.__table__
+
+_NOW = func.now()
+_IDS = bindparam("p_ids", type_=ARRAY(BigInteger))
+_WORKER = bindparam("p_worker_id", type_=BigInteger)
+_QUEUE = bindparam("p_queue_id", type_=BigInteger)
+_DELAY = bindparam("p_delay", type_=Interval)
+
+_ENQUEUE = (
+    insert(_m)
+    .values(
+        queue_id=_QUEUE,
+        payload=bindparam("p_payload", type_=EncodedJSONB),
+        vt=_NOW + _DELAY,
+        producer_worker_id=_WORKER,
+    )
+    .returning(_m.c.id)
+)
+
+_batch = (
+    func.unnest(bindparam("p_payloads", type_=ARRAY(Text)))
+    .table_valued("payload", with_ordinality="ord")
+    .render_derived()
+)
+_ENQUEUE_BATCH = (
+    insert(_m)
+    .from_select(
+        ["queue_id", "payload", "vt", "producer_worker_id"],
+        select(_QUEUE, cast(_batch.c.payload, JSONB), _NOW + _DELAY, _WORKER).order_by(
+            _batch.c.ord
+        ),
+    )
+    .returning(_m.c.id)
+)
+
+# The claim: FIFO by id, visible now, attempts left, and the consumer still 'ready' (so a
+# worker suspended from outside stops receiving at once).
+_claimable = (
+    select(_m.c.id)
+    .where(
+        _m.c.queue_id == _QUEUE,
+        _m.c.vt <= _NOW,
+        _m.c.read_ct < bindparam("p_max_read_ct"),
+        select(_w.c.id)
+        .where(_w.c.id == _WORKER, _w.c.status == WorkerStatus.READY)
+        .exists(),
+    )
+    .order_by(_m.c.id)
+    .limit(bindparam("p_limit"))
+    .with_for_update(skip_locked=True)
+    .cte("claim")
+)
+_DEQUEUE = (
+    update(_m)
+    .where(_m.c.id == _claimable.c.id)
+    .values(
+        vt=_NOW + bindparam("p_lease", type_=Interval),
+        read_ct=_m.c.read_ct + 1,
+        dequeued_at=_NOW,
+        consumer_worker_id=_WORKER,
+    )
+    .returning(*_m.c)
+)
+
+_OWNED = and_(_m.c.id == any_(_IDS), _m.c.consumer_worker_id == _WORKER)
+
+_DELETE = delete(_m).where(_OWNED).returning(_m.c.id)
+_EXTEND = (
+    update(_m)
+    .where(_m.c.id == bindparam("p_id"), _m.c.consumer_worker_id == _WORKER)
+    .values(vt=_NOW + bindparam("p_lease", type_=Interval))
+    .returning(_m.c.id)
+)
+_RELEASE = (
+    update(_m)
+    .where(_OWNED)
+    .values(vt=_NOW + _DELAY, consumer_worker_id=None)
+    .returning(_m.c.id)
+)
+_RELEASE_WORKER = (
+    update(_m)
+    .where(_m.c.consumer_worker_id == _WORKER)
+    .values(vt=_NOW, consumer_worker_id=None)
+    .returning(_m.c.id)
+)
+
+_ARCHIVE_COLUMNS = [
+    "original_msg_id", "queue_id", "payload", "enqueued_at", "vt", "read_ct", "dequeued_at",
+    "producer_worker_id", "consumer_worker_id", "dead_letter",
+]
+
+
+def _archive_statement(where: ColumnElement[bool], *, dead: bool) -> Any:
+    """One statement that moves the matching live rows into the archive."""
+    moved = delete(_m).where(where).returning(*_m.c).cte("moved")
+    rows = select(
+        moved.c.id, moved.c.queue_id, moved.c.payload, moved.c.enqueued_at, moved.c.vt,
+        moved.c.read_ct, moved.c.dequeued_at, moved.c.producer_worker_id,
+        moved.c.consumer_worker_id, literal_column("true" if dead else "false"),
+    )
+    return insert(_a).from_select(_ARCHIVE_COLUMNS, rows).returning(_a.c.original_msg_id)
+
+
+_ARCHIVE = _archive_statement(_OWNED, dead=False)
+_ARCHIVE_ANY = _archive_statement(_m.c.id == any_(_IDS), dead=False)
+_DELETE_ANY = delete(_m).where(_m.c.id == any_(_IDS)).returning(_m.c.id)
+_DEAD_ANY_QUEUE = and_(_m.c.read_ct >= bindparam("p_max_read_ct"), _m.c.vt <= _NOW)
+_DLQ_ALL = _archive_statement(_DEAD_ANY_QUEUE, dead=True)
+_DLQ_QUEUE = _archive_statement(and_(_DEAD_ANY_QUEUE, _m.c.queue_id == _QUEUE), dead=True)
+
+
+def to_message(row: Any) -> QueueMessage:
+    """Build a ``QueueMessage`` from a ``pgqrs_messages`` row."""
+    return QueueMessage(
+        id=row.id, queue_id=row.queue_id, payload=row.payload, vt=row.vt,
+        enqueued_at=row.enqueued_at, read_ct=row.read_ct, dequeued_at=row.dequeued_at,
+        producer_worker_id=row.producer_worker_id, consumer_worker_id=row.consumer_worker_id,
+    )
+
+
+def to_archived(row: Any) -> ArchivedMessage:
+    """Build an ``ArchivedMessage`` from a ``pgqrs_archive`` row."""
+    return ArchivedMessage(
+        id=row.id, original_msg_id=row.original_msg_id, queue_id=row.queue_id,
+        payload=row.payload, enqueued_at=row.enqueued_at, vt=row.vt, read_ct=row.read_ct,
+        archived_at=row.archived_at, dequeued_at=row.dequeued_at,
+        producer_worker_id=row.producer_worker_id, consumer_worker_id=row.consumer_worker_id,
+        dead_letter=row.dead_letter,
+    )
+
+
+def _seconds(value: float | None) -> timedelta:
+    return timedelta(seconds=value or 0)
+
+
+class MessageRepository(Repository):
+    """Live messages: enqueue, claim, ack (archive/delete), extend, release, counts."""
+
+    async def enqueue(self, executor: Executor, *, queue_id: int, payload: str,
+                      delay: float | None, worker_id: int | None) -> int:
+        """Insert one pre-encoded JSON payload; return its id."""
+        result = await self._execute(executor, _ENQUEUE, {
+            "p_queue_id": queue_id, "p_payload": payload, "p_delay": _seconds(delay),
+            "p_worker_id": worker_id,
+        })
+        return int(result.scalar_one())
+
+    async def enqueue_batch(self, executor: Executor, *, queue_id: int,
+                            payloads: Sequence[str], delay: float | None,
+                            worker_id: int | None) -> list[int]:
+        """Insert many pre-encoded payloads in one statement; ids in input order."""
+        result = await self._execute(executor, _ENQUEUE_BATCH, {
+            "p_queue_id": queue_id, "p_payloads": list(payloads), "p_delay": _seconds(delay),
+            "p_worker_id": worker_id,
+        })
+        # Ids come from one sequence in ordinality order, so sorting restores input order.
+        return sorted(int(i) for i in result.scalars())
+
+    async def dequeue(self, executor: Executor, *, queue_id: int, worker_id: int, limit: int,
+                      lease: float, max_read_ct: int) -> list[QueueMessage]:
+        """Claim up to ``limit`` visible messages for ``worker_id``, oldest first."""
+        result = await self._execute(executor, _DEQUEUE, {
+            "p_queue_id": queue_id, "p_worker_id": worker_id, "p_limit": limit,
+            "p_lease": _seconds(lease), "p_max_read_ct": max_read_ct,
+        })
+        return sorted((to_message(r) for r in result), key=lambda m: m.id)
+
+    async def archive(self, executor: Executor, *, worker_id: int | None,
+                      ids: Sequence[int]) -> set[int]:
+        """Move messages to the archive; return the moved ids.
+
+        With a ``worker_id`` only the messages that worker holds move (the lease fence);
+        ``None`` is the operator's override and moves them whoever holds them.
+        """
+        statement = _ARCHIVE if worker_id is not None else _ARCHIVE_ANY
+        result = await self._execute(executor, statement, {"p_ids": list(ids),
+                                                           "p_worker_id": worker_id})
+        return {int(i) for i in result.scalars()}
+
+    async def delete(self, executor: Executor, *, worker_id: int | None,
+                     ids: Sequence[int]) -> set[int]:
+        """Delete messages (only those ``worker_id`` holds, unless it is None)."""
+        statement = _DELETE if worker_id is not None else _DELETE_ANY
+        result = await self._execute(executor, statement, {"p_ids": list(ids),
+                                                           "p_worker_id": worker_id})
+        return {int(i) for i in result.scalars()}
+
+    async def extend(self, executor: Executor, *, worker_id: int, message_id: int,
+                     seconds: float) -> bool:
+        """Set the lease to end ``seconds`` from now, if this worker holds it."""
+        result = await self._execute(executor, _EXTEND, {
+            "p_id": message_id, "p_worker_id": worker_id, "p_lease": _seconds(seconds),
+        })
+        return result.first() is not None
+
+    async def release(self, executor: Executor, *, worker_id: int, ids: Sequence[int],
+                      delay: float | None) -> int:
+        """Give held messages back, visible again after ``delay``; return how many."""
+        result = await self._execute(executor, _RELEASE, {
+            "p_ids": list(ids), "p_worker_id": worker_id, "p_delay": _seconds(delay),
+        })
+        return len(result.all())
+
+    async def release_worker(self, executor: Executor, worker_id: int) -> int:
+        """Release everything ``worker_id`` holds, visible at once; return how many."""
+        result = await self._execute(executor, _RELEASE_WORKER, {"p_worker_id": worker_id})
+        return len(result.all())
+
+    async def move_dead_letters(self, executor: Executor, *, queue_id: int | None,
+                                max_read_ct: int) -> list[int]:
+        """Archive exhausted messages whose lease is over, marked dead; return their ids."""
+        if queue_id is None:
+            result = await self._execute(executor, _DLQ_ALL, {"p_max_read_ct": max_read_ct})
+        else:
+            result = await self._execute(executor, _DLQ_QUEUE, {
+                "p_max_read_ct": max_read_ct, "p_queue_id": queue_id,
+            })
+        return sorted(int(i) for i in result.scalars())
+
+    async def get(self, executor: Executor, message_id: int) -> QueueMessage | None:
+        """The live message with this id, or None."""
+        row = (await self._execute(
+            executor, select(*_m.c).where(_m.c.id == message_id)
+        )).first()
+        return to_message(row) if row is not None else None
+
+    def _filtered(self, queue_id: int | None, worker_id: int | None) -> list[Any]:
+        where: list[Any] = []
+        if queue_id is not None:
+            where.append(_m.c.queue_id == queue_id)
+        if worker_id is not None:
+            where.append(_m.c.consumer_worker_id == worker_id)
+        return where
+
+    async def list(self, executor: Executor, *, queue_id: int | None = None,
+                   worker_id: int | None = None, limit: int | None = None,
+                   offset: int = 0) -> list[QueueMessage]:
+        """Live messages, oldest first, optionally by queue and/or holding worker."""
+        stmt = (select(*_m.c).where(*self._filtered(queue_id, worker_id))
+                .order_by(_m.c.id).limit(limit).offset(offset))
+        return [to_message(r) for r in await self._execute(executor, stmt)]
+
+    async def count(self, executor: Executor, *, queue_id: int | None = None,
+                    worker_id: int | None = None) -> int:
+        """Number of live messages, optionally by queue and/or holding worker."""
+        stmt = select(func.count()).select_from(_m).where(*self._filtered(queue_id, worker_id))
+        return int((await self._execute(executor, stmt)).scalar_one())
+
+    async def metrics(self, executor: Executor, *, queue_id: int | None,
+                      max_read_ct: int) -> dict[int, dict[str, Any]]:
+        """Per-queue counts in one snapshot: total, pending, leased, delayed, dead."""
+        exhausted = _m.c.read_ct >= max_read_ct
+        visible = _m.c.vt <= _NOW
+
+        def count_if(cond: Any) -> Any:
+            return func.count(case((cond, 1)))
+
+        stmt = select(
+            _m.c.queue_id,
+            func.count().label("total"),
+            count_if(and_(visible, ~exhausted)).label("pending"),
+            count_if(and_(~visible, _m.c.consumer_worker_id.is_not(None))).label("leased"),
+            count_if(and_(~visible, _m.c.consumer_worker_id.is_(None))).label("delayed"),
+            count_if(and_(visible, exhausted)).label("dead"),
+            func.min(case((and_(visible, ~exhausted), _m.c.vt))).label("oldest_pending"),
+            func.max(_m.c.enqueued_at).label("newest"),
+            _NOW.label("now"),
+        ).group_by(_m.c.queue_id)
+        if queue_id is not None:
+            stmt = stmt.where(_m.c.queue_id == queue_id)
+        return {r.queue_id: r._asdict() for r in await self._execute(executor, stmt)}

@@ -1,0 +1,120 @@
+"""The pgqrs command line, run as a subprocess against the test database."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def pgqrs(*args: str, dsn: str | None = None, stdin: str | None = None,
+          ) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"PGQRS_DSN", "DATABASE_URL", "PGQRS_TEST_DSN"}}
+    if dsn is not None:
+        env["PGQRS_DSN"] = dsn
+    return subprocess.run([sys.executable, "-m", "pgqrs", *args], env=env, input=stdin,
+                          capture_output=True, text=True, timeout=120)
+
+
+def as_json(*args: str, dsn: str) -> object:
+    result = pgqrs(*args, "--format", "json", dsn=dsn)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_queue_message_archive_round_trip(dsn: str) -> None:
+    created = as_json("queue", "create", "jobs", dsn=dsn)
+    assert created["queue_name"] == "jobs"  # type: ignore[index]
+    enq = as_json("message", "enqueue", "jobs", '{"n": 1}', dsn=dsn)
+    assert as_json("message", "count", "jobs", dsn=dsn) == {"count": 1}
+    got = as_json("message", "get", str(enq["id"]), dsn=dsn)  # type: ignore[index]
+    assert got["payload"] == {"n": 1}  # type: ignore[index]
+    (claimed,) = as_json("message", "dequeue", "jobs", "--vt", "5m", dsn=dsn)  # type: ignore[misc]
+    assert claimed["read_ct"] == 1
+    assert as_json("message", "archive", str(claimed["id"]), dsn=dsn)["archived"] is True  # type: ignore[index]
+    assert as_json("archive", "count", dsn=dsn) == {"count": 1}
+    metrics = as_json("queue", "metrics", "jobs", dsn=dsn)
+    assert metrics["archived_messages"] == 1  # type: ignore[index]
+    table = pgqrs("queue", "list", dsn=dsn)
+    assert table.returncode == 0 and "jobs" in table.stdout and "queue_name" in table.stdout
+
+
+def test_bulk_enqueue_from_stdin(dsn: str) -> None:
+    assert pgqrs("queue", "create", "bulk", dsn=dsn).returncode == 0
+    lines = "\n".join(json.dumps({"i": i}) for i in range(1200))
+    result = pgqrs("message", "enqueue", "bulk", "--file", "-", "--format", "json", dsn=dsn,
+                   stdin=lines)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["count"] == 1200
+
+
+def test_global_options_before_or_after_subcommand(dsn: str) -> None:
+    assert pgqrs("--dsn", dsn, "--format", "json", "queue", "list").returncode == 0
+    assert pgqrs("queue", "list", "--dsn", dsn, "--format", "json").returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("queue", "get", "nope"), "does not exist"),
+        (("message", "enqueue", "nope", "{}"), "does not exist"),
+        (("queue", "create", "x"), None),  # succeeds; then the bad JSON case below
+    ],
+)
+def test_operational_errors_exit_1_with_one_line(dsn: str, args: tuple[str, ...],
+                                                fragment: str | None) -> None:
+    result = pgqrs(*args, dsn=dsn)
+    if fragment is None:
+        assert result.returncode == 0
+        bad = pgqrs("message", "enqueue", "x", "{not json", dsn=dsn)
+        assert bad.returncode == 1 and "not valid JSON" in bad.stderr
+        return
+    assert result.returncode == 1
+    assert fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_usage_errors_exit_2() -> None:
+    assert pgqrs("queue", "bogus").returncode == 2
+    assert pgqrs("nonsense").returncode == 2
+
+
+def test_no_dsn_is_a_clear_error() -> None:
+    result = pgqrs("queue", "list")
+    assert result.returncode == 1 and "PGQRS_DSN" in result.stderr
+
+
+def test_schema_not_installed(empty_dsn: str) -> None:
+    result = pgqrs("verify", dsn=empty_dsn)
+    assert result.returncode == 1 and "pgqrs install" in result.stderr
+    assert pgqrs("install", dsn=empty_dsn).returncode == 0
+    assert pgqrs("verify", dsn=empty_dsn).returncode == 0
+
+
+def test_password_never_printed(dsn: str) -> None:
+    secret = "s3cr3t-pw"
+    bad = dsn.replace("postgres@", f"nosuchuser:{secret}@", 1)
+    for args in (("queue", "list"), ("verify",), ("stats", "--format", "json"),
+                 ("install",), ("queue", "list", "-v")):
+        result = pgqrs(*args, dsn=bad)
+        assert result.returncode == 1
+        assert secret not in result.stdout + result.stderr
+    unreachable = f"postgresql://u:{secret}@127.0.0.1:1/db"
+    result = pgqrs("queue", "list", "--dsn", unreachable)
+    assert result.returncode == 1 and secret not in result.stderr
+
+
+def test_install_sql_needs_no_database() -> None:
+    result = pgqrs("install", "--sql")
+    assert result.returncode == 0
+    assert "CREATE TABLE public.pgqrs_queues" in result.stdout
+
+
+def test_demo_against_given_database(empty_dsn: str) -> None:
+    result = pgqrs("demo", dsn=empty_dsn)
+    assert result.returncode == 0, result.stderr
+    assert "Archived 5 messages." in result.stdout
