@@ -5,6 +5,8 @@ Each runs its own short transaction per call, like the rest of Admin.
 
 from __future__ import annotations
 
+import builtins
+
 from pgqrs import errors
 from pgqrs._db import Database
 from pgqrs.repositories import (
@@ -36,7 +38,7 @@ class Queues(_Accessor):
         async with self._db.transaction() as conn:
             return await self._queues.count(conn)
 
-    async def list(self, limit: int | None = None, offset: int = 0) -> list[QueueInfo]:
+    async def list(self, limit: int | None = None, offset: int = 0) -> builtins.list[QueueInfo]:
         """Queues ordered by id."""
         async with self._db.transaction() as conn:
             return await self._queues.list(conn, limit, offset)
@@ -64,7 +66,7 @@ class Workers(_Accessor):
             return await self._workers.count(conn, queue_id=queue_id)
 
     async def list(self, limit: int | None = None, offset: int = 0, *,
-                   queue: str | None = None) -> list[WorkerInfo]:
+                   queue: str | None = None) -> builtins.list[WorkerInfo]:
         """Workers ordered by id, optionally of one queue."""
         queue_id = await self._queue_id(queue)
         async with self._db.transaction() as conn:
@@ -93,7 +95,7 @@ class Messages(_Accessor):
             return await self._messages.count(conn, queue_id=queue_id, worker_id=worker_id)
 
     async def list(self, limit: int | None = None, offset: int = 0, *, queue: str | None = None,
-                   worker_id: int | None = None) -> list[QueueMessage]:
+                   worker_id: int | None = None) -> builtins.list[QueueMessage]:
         """Live messages, oldest first."""
         queue_id = await self._queue_id(queue)
         async with self._db.transaction() as conn:
@@ -133,7 +135,7 @@ class Archive(_Accessor):
 
     async def list(self, limit: int | None = None, offset: int = 0, *, queue: str | None = None,
                    worker_id: int | None = None,
-                   dead: bool | None = None) -> list[ArchivedMessage]:
+                   dead: bool | None = None) -> builtins.list[ArchivedMessage]:
         """Archived messages, oldest first."""
         queue_id = await self._queue_id(queue)
         async with self._db.transaction() as conn:
@@ -151,7 +153,7 @@ class Archive(_Accessor):
             return await self._archive.delete(conn, archive_id)
 
     async def list_dlq_messages(self, limit: int | None = None, offset: int = 0, *,
-                                queue: str | None = None) -> list[ArchivedMessage]:
+                                queue: str | None = None) -> builtins.list[ArchivedMessage]:
         """Dead letters, oldest first."""
         return await self.list(limit, offset, queue=queue, dead=True)
 
@@ -160,7 +162,7 @@ class Archive(_Accessor):
         return await self.count(queue, dead=True)
 
     async def list_by_worker(self, worker_id: int, limit: int | None = None,
-                             offset: int = 0) -> list[ArchivedMessage]:
+                             offset: int = 0) -> builtins.list[ArchivedMessage]:
         """Messages a worker consumed, oldest first."""
         return await self.list(limit, offset, worker_id=worker_id)
 

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pgqrs import _validation, errors
 from pgqrs._db import Database
-from pgqrs.models import Worker
+from pgqrs.models import workers_table
 from pgqrs.repositories import MessageRepository, QueueRepository, WorkerRepository
 from pgqrs.settings import Settings
 from pgqrs.types import WorkerStatus
@@ -145,7 +145,7 @@ class WorkerClient:
         """True if the worker is not stopped and beat within the last ``max_age`` seconds."""
         age = _validation.seconds("max_age", max_age)
         worker_id = await self.register()
-        w = Worker.__table__
+        w = workers_table
         stmt = select(
             (w.c.status != _STOPPED) & (w.c.heartbeat_at >= func.now() - func.make_interval(
                 0, 0, 0, 0, 0, 0, age))

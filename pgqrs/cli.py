@@ -150,7 +150,8 @@ async def _cmd_reclaim(args: argparse.Namespace, dsn: str) -> Any:
 
 async def _cmd_queue(args: argparse.Namespace, dsn: str) -> Any:
     async def run(admin: Admin) -> Any:
-        action, name = args.action, getattr(args, "name", None)
+        action: str = args.action
+        name: Any = getattr(args, "name", None)
         if action == "create":
             return await admin.create_queue(name)
         if action == "list":

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -10,6 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pgqrs import _validation, errors
 from pgqrs._worker import WorkerClient
 from pgqrs.types import QueueMessage, WorkerStatus
+
+log = logging.getLogger("pgqrs")
+
+Handler = Callable[[QueueMessage], Awaitable[object]]
+"""An async function that processes one message; raising means "failed, retry later"."""
 
 _READY_ONLY = (WorkerStatus.READY,)
 _LIVE = (WorkerStatus.READY, WorkerStatus.SUSPENDED)
@@ -78,6 +87,16 @@ class Consumer(WorkerClient):
     async def dequeue_batch_with_delay(self, limit: int, vt_seconds: float) -> list[QueueMessage]:
         """Claim up to ``limit`` messages with a lease of ``vt_seconds`` (original name)."""
         return await self.dequeue(limit, visibility_timeout=vt_seconds)
+
+    async def archive_dead(self, message_ids: Sequence[int]) -> list[bool]:
+        """Archive held messages marked as dead letters (the consume loop's give-up path)."""
+        ids = _validation.message_ids(message_ids)
+        if not ids:
+            return []
+        worker_id, _ = await self._ids(*_LIVE)
+        async with self._db.transaction() as conn:
+            done = await self._messages.archive(conn, worker_id=worker_id, ids=ids, dead=True)
+        return [i in done for i in ids]
 
     async def archive(self, message_id: int) -> bool:
         """Move a message this consumer holds to the archive; False if it does not hold it."""
@@ -151,3 +170,197 @@ class Consumer(WorkerClient):
         assert self._worker_id is not None
         async with self._db.transaction() as conn:
             await self._messages.release_worker(conn, self._worker_id)
+
+    # -- the worker loop ------------------------------------------------------------------
+
+    async def messages(self, *, batch_size: int = 10,
+                       poll_interval: float = 1.0) -> AsyncIterator[QueueMessage]:
+        """Yield claimed messages forever; you archive/release each one yourself.
+
+        Example::
+
+            async for message in consumer.messages():
+                await handle(message.payload)
+                await consumer.archive(message.id)
+        """
+        batch_size = _validation.positive_int("batch_size", batch_size)
+        poll = _validation.seconds("poll_interval", poll_interval, allow_zero=False)
+        while True:
+            batch = await self.dequeue(batch_size)
+            if not batch:
+                await asyncio.sleep(poll)
+                continue
+            for message in batch:
+                yield message
+
+    async def consume(
+        self,
+        handler: Handler,
+        *,
+        batch_size: int = 10,
+        concurrency: int = 10,
+        poll_interval: float = 1.0,
+        backoff_base: float = 1.0,
+        backoff_max: float = 300.0,
+        grace_period: float = 30.0,
+        stop: asyncio.Event | None = None,
+        stop_when_idle: bool = False,
+        handle_signals: bool = False,
+    ) -> int:
+        """Run ``handler`` on every message until stopped; return how many succeeded.
+
+        Success archives the message (acks are batched). An exception releases it with
+        exponential backoff (``backoff_base * 2**(read_ct-1)``, capped at ``backoff_max``);
+        on the last allowed delivery it goes to the archive as a dead letter instead. A
+        handler running longer than half the lease gets its lease extended.
+
+        Stopping (``stop`` set, SIGTERM/SIGINT with ``handle_signals``, or cancelling the
+        task running ``consume``) takes no new work, lets in-flight handlers finish within
+        ``grace_period`` seconds and releases whatever is left.
+
+        Args:
+            handler: ``async def handler(message) -> Any``.
+            batch_size: most messages claimed per dequeue.
+            concurrency: most handlers running at once.
+            poll_interval: seconds to wait when the queue is empty.
+            backoff_base: first retry delay in seconds.
+            backoff_max: longest retry delay in seconds.
+            grace_period: seconds in-flight handlers get to finish when stopping.
+            stop: an event that stops the loop when set.
+            stop_when_idle: return once the queue is empty and nothing is in flight.
+            handle_signals: stop gracefully on SIGTERM and SIGINT (main thread only).
+        """
+        loop = _ConsumeLoop(self, handler, batch_size=batch_size, concurrency=concurrency,
+                            poll_interval=poll_interval, backoff_base=backoff_base,
+                            backoff_max=backoff_max, grace_period=grace_period,
+                            stop=stop or asyncio.Event(), stop_when_idle=stop_when_idle)
+        return await loop.run(handle_signals=handle_signals)
+
+
+class _ConsumeLoop:
+    """State of one ``Consumer.consume`` run."""
+
+    def __init__(self, consumer: Consumer, handler: Handler, *, batch_size: int,
+                 concurrency: int, poll_interval: float, backoff_base: float,
+                 backoff_max: float, grace_period: float, stop: asyncio.Event,
+                 stop_when_idle: bool) -> None:
+        self.consumer = consumer
+        self.handler = handler
+        self.batch_size = _validation.positive_int("batch_size", batch_size)
+        self.concurrency = _validation.positive_int("concurrency", concurrency)
+        self.poll = _validation.seconds("poll_interval", poll_interval, allow_zero=False)
+        self.backoff_base = _validation.seconds("backoff_base", backoff_base)
+        self.backoff_max = _validation.seconds("backoff_max", backoff_max)
+        self.grace = _validation.seconds("grace_period", grace_period)
+        self.stop = stop
+        self.stop_when_idle = stop_when_idle
+        self.in_flight: dict[asyncio.Task[None], QueueMessage] = {}
+        self.acks: list[int] = []
+        self.succeeded = 0
+
+    async def run(self, *, handle_signals: bool) -> int:
+        installed: list[signal.Signals] = []
+        if handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.add_signal_handler(sig, self.stop.set)
+                    installed.append(sig)
+        try:
+            await self._claim_loop()
+        finally:
+            # Also on cancellation: finish or release what we hold, then let it propagate.
+            await asyncio.shield(self._drain())
+            for sig in installed:
+                asyncio.get_running_loop().remove_signal_handler(sig)
+        return self.succeeded
+
+    async def _claim_loop(self) -> None:
+        while not self.stop.is_set():
+            capacity = self.concurrency - len(self.in_flight)
+            if capacity <= 0:
+                await asyncio.wait(list(self.in_flight), return_when=asyncio.FIRST_COMPLETED)
+                await self._flush()
+                continue
+            batch = await self.consumer.dequeue(min(self.batch_size, capacity))
+            if not batch:
+                await self._flush()
+                if self.in_flight:
+                    await asyncio.wait(list(self.in_flight), timeout=self.poll,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                elif self.stop_when_idle:
+                    return
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.stop.wait(), self.poll)
+                continue
+            for message in batch:
+                task = asyncio.create_task(self._process(message))
+                self.in_flight[task] = message
+                task.add_done_callback(self._forget)
+            if len(self.acks) >= self.batch_size:
+                await self._flush()
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self.in_flight.pop(task, None)
+
+    async def _process(self, message: QueueMessage) -> None:
+        keeper = asyncio.create_task(self._keep_leased(message.id))
+        try:
+            await self.handler(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._failed(message, exc)
+        else:
+            self.acks.append(message.id)
+            self.succeeded += 1
+        finally:
+            keeper.cancel()
+
+    async def _keep_leased(self, message_id: int) -> None:
+        lease = self.consumer.visibility_timeout
+        while True:
+            await asyncio.sleep(lease / 2)
+            try:
+                if not await self.consumer.extend_visibility(message_id, lease):
+                    return  # lost it (redelivered elsewhere); the ack will be refused
+            except errors.PgqrsError as exc:
+                log.warning("pgqrs could not extend the lease of %s: %s", message_id, exc)
+
+    async def _failed(self, message: QueueMessage, exc: Exception) -> None:
+        try:
+            if message.read_ct >= self.consumer.max_read_ct:
+                log.error("pgqrs message %s failed %s times, dead-lettered: %r",
+                          message.id, message.read_ct, exc)
+                await self.consumer.archive_dead([message.id])
+            else:
+                delay = min(self.backoff_base * 2 ** (message.read_ct - 1), self.backoff_max)
+                log.warning("pgqrs message %s failed (attempt %s), retry in %.1fs: %r",
+                            message.id, message.read_ct, delay, exc)
+                await self.consumer.release([message.id], delay=delay)
+        except errors.PgqrsError as db_exc:
+            # The lease will run out and the message comes back anyway.
+            log.warning("pgqrs could not release message %s: %s", message.id, db_exc)
+
+    async def _flush(self) -> None:
+        if not self.acks:
+            return
+        ids, self.acks = self.acks, []
+        try:
+            await self.consumer.archive_batch(ids)
+        except errors.PgqrsError as exc:
+            log.warning("pgqrs could not archive %d message(s), they will be redelivered: %s",
+                        len(ids), exc)
+
+    async def _drain(self) -> None:
+        if self.in_flight:
+            _, pending = await asyncio.wait(list(self.in_flight), timeout=self.grace)
+            leftover = [self.in_flight[t].id for t in pending if t in self.in_flight]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            if leftover:
+                with contextlib.suppress(errors.PgqrsError):
+                    await self.consumer.release(leftover)
+        await self._flush()

@@ -11,7 +11,7 @@ it, and ``alembic check`` keeps the two in agreement.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -24,6 +24,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
     func,
@@ -165,4 +166,20 @@ class Archive(PgqrsBase):
     )
 
 
-__all__ = ["NAMING_CONVENTION", "Archive", "Message", "PgqrsBase", "Queue", "Worker"]
+queues_table = cast(Table, Queue.__table__)
+workers_table = cast(Table, Worker.__table__)
+messages_table = cast(Table, Message.__table__)
+archive_table = cast(Table, Archive.__table__)
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "Archive",
+    "Message",
+    "PgqrsBase",
+    "Queue",
+    "Worker",
+    "archive_table",
+    "messages_table",
+    "queues_table",
+    "workers_table",
+]

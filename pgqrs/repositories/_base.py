@@ -22,7 +22,7 @@ class EncodedJSONB(TypeDecorator[str]):
     impl = JSONB
     cache_ok = True
 
-    def bind_processor(self, dialect: Dialect) -> None:  # type: ignore[override]
+    def bind_processor(self, dialect: Dialect) -> None:
         """Send the string as is; the driver's jsonb codec takes text."""
         return None
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, select
 
-from pgqrs.models import Archive, Message
+from pgqrs.models import archive_table, messages_table
 from pgqrs.repositories._base import Executor, Repository
 from pgqrs.repositories.messages import to_archived
 from pgqrs.types import ArchivedMessage
 
-_a = Archive.__table__
-_m = Message.__table__
+_a = archive_table
+_m = messages_table
 
 _replayed = (
     delete(_a)
@@ -34,8 +35,8 @@ class ArchiveRepository(Repository):
     """Archived messages: successes and dead letters."""
 
     def _where(self, queue_id: int | None, worker_id: int | None,
-               dead: bool | None) -> list[Any]:
-        where: list[Any] = []
+               dead: bool | None) -> builtins.list[Any]:
+        where: builtins.list[Any] = []
         if queue_id is not None:
             where.append(_a.c.queue_id == queue_id)
         if worker_id is not None:
@@ -46,7 +47,7 @@ class ArchiveRepository(Repository):
 
     async def list(self, executor: Executor, *, queue_id: int | None = None,
                    worker_id: int | None = None, dead: bool | None = None,
-                   limit: int | None = None, offset: int = 0) -> list[ArchivedMessage]:
+                   limit: int | None = None, offset: int = 0) -> builtins.list[ArchivedMessage]:
         """Archived messages, oldest first, filtered as given."""
         stmt = (select(*_a.c).where(*self._where(queue_id, worker_id, dead))
                 .order_by(_a.c.id).limit(limit).offset(offset))
@@ -87,4 +88,5 @@ class ArchiveRepository(Repository):
     async def counts_by_queue(self, executor: Executor) -> dict[int, int]:
         """Archived rows per queue id."""
         stmt = select(_a.c.queue_id, func.count()).group_by(_a.c.queue_id)
-        return {int(q): int(n) for q, n in await self._execute(executor, stmt)}
+        rows: Any = (await self._execute(executor, stmt)).all()
+        return {int(q): int(n) for q, n in rows}

@@ -6,6 +6,7 @@ SQLAlchemy's compiled cache serves them all after first use.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -30,13 +31,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-from pgqrs.models import Archive, Message, Worker
+from pgqrs.models import archive_table, messages_table, workers_table
 from pgqrs.repositories._base import EncodedJSONB, Executor, Repository
 from pgqrs.types import ArchivedMessage, QueueMessage, WorkerStatus
 
-_m = Message.__table__
-_a = Archive.__table__
-_w = Worker.__table__
+_m = messages_table
+_a = archive_table
+_w = workers_table
 
 _NOW = func.now()
 _IDS = bindparam("p_ids", type_=ARRAY(BigInteger))
@@ -140,6 +141,7 @@ def _archive_statement(where: ColumnElement[bool], *, dead: bool) -> Any:
 
 
 _ARCHIVE = _archive_statement(_OWNED, dead=False)
+_ARCHIVE_DEAD = _archive_statement(_OWNED, dead=True)
 _ARCHIVE_ANY = _archive_statement(_m.c.id == any_(_IDS), dead=False)
 _DELETE_ANY = delete(_m).where(_m.c.id == any_(_IDS)).returning(_m.c.id)
 _DEAD_ANY_QUEUE = and_(_m.c.read_ct >= bindparam("p_max_read_ct"), _m.c.vt <= _NOW)
@@ -185,7 +187,7 @@ class MessageRepository(Repository):
 
     async def enqueue_batch(self, executor: Executor, *, queue_id: int,
                             payloads: Sequence[str], delay: float | None,
-                            worker_id: int | None) -> list[int]:
+                            worker_id: int | None) -> builtins.list[int]:
         """Insert many pre-encoded payloads in one statement; ids in input order."""
         result = await self._execute(executor, _ENQUEUE_BATCH, {
             "p_queue_id": queue_id, "p_payloads": list(payloads), "p_delay": _seconds(delay),
@@ -195,7 +197,7 @@ class MessageRepository(Repository):
         return sorted(int(i) for i in result.scalars())
 
     async def dequeue(self, executor: Executor, *, queue_id: int, worker_id: int, limit: int,
-                      lease: float, max_read_ct: int) -> list[QueueMessage]:
+                      lease: float, max_read_ct: int) -> builtins.list[QueueMessage]:
         """Claim up to ``limit`` visible messages for ``worker_id``, oldest first."""
         result = await self._execute(executor, _DEQUEUE, {
             "p_queue_id": queue_id, "p_worker_id": worker_id, "p_limit": limit,
@@ -204,13 +206,16 @@ class MessageRepository(Repository):
         return sorted((to_message(r) for r in result), key=lambda m: m.id)
 
     async def archive(self, executor: Executor, *, worker_id: int | None,
-                      ids: Sequence[int]) -> set[int]:
-        """Move messages to the archive; return the moved ids.
+                      ids: Sequence[int], dead: bool = False) -> set[int]:
+        """Move messages to the archive (``dead`` marks dead letters); return the moved ids.
 
         With a ``worker_id`` only the messages that worker holds move (the lease fence);
         ``None`` is the operator's override and moves them whoever holds them.
         """
-        statement = _ARCHIVE if worker_id is not None else _ARCHIVE_ANY
+        if worker_id is None:
+            statement = _ARCHIVE_ANY
+        else:
+            statement = _ARCHIVE_DEAD if dead else _ARCHIVE
         result = await self._execute(executor, statement, {"p_ids": list(ids),
                                                            "p_worker_id": worker_id})
         return {int(i) for i in result.scalars()}
@@ -245,7 +250,7 @@ class MessageRepository(Repository):
         return len(result.all())
 
     async def move_dead_letters(self, executor: Executor, *, queue_id: int | None,
-                                max_read_ct: int) -> list[int]:
+                                max_read_ct: int) -> builtins.list[int]:
         """Archive exhausted messages whose lease is over, marked dead; return their ids."""
         if queue_id is None:
             result = await self._execute(executor, _DLQ_ALL, {"p_max_read_ct": max_read_ct})
@@ -262,8 +267,8 @@ class MessageRepository(Repository):
         )).first()
         return to_message(row) if row is not None else None
 
-    def _filtered(self, queue_id: int | None, worker_id: int | None) -> list[Any]:
-        where: list[Any] = []
+    def _filtered(self, queue_id: int | None, worker_id: int | None) -> builtins.list[Any]:
+        where: builtins.list[Any] = []
         if queue_id is not None:
             where.append(_m.c.queue_id == queue_id)
         if worker_id is not None:
@@ -272,7 +277,7 @@ class MessageRepository(Repository):
 
     async def list(self, executor: Executor, *, queue_id: int | None = None,
                    worker_id: int | None = None, limit: int | None = None,
-                   offset: int = 0) -> list[QueueMessage]:
+                   offset: int = 0) -> builtins.list[QueueMessage]:
         """Live messages, oldest first, optionally by queue and/or holding worker."""
         stmt = (select(*_m.c).where(*self._filtered(queue_id, worker_id))
                 .order_by(_m.c.id).limit(limit).offset(offset))

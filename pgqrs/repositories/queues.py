@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import builtins
+
 from sqlalchemy import bindparam, delete, func, insert, select
 
 from pgqrs import errors
-from pgqrs.models import Archive, Message, Queue, Worker
+from pgqrs.models import archive_table, messages_table, queues_table, workers_table
 from pgqrs.repositories._base import Executor, Repository
 from pgqrs.types import QueueInfo, WorkerStatus
 
-_queues = Queue.__table__
-_messages = Message.__table__
-_archive = Archive.__table__
-_workers = Worker.__table__
+_queues = queues_table
+_messages = messages_table
+_archive = archive_table
+_workers = workers_table
 
 _CREATE = insert(_queues).values(queue_name=bindparam("p_name")).returning(*_queues.c)
 _BY_NAME = select(*_queues.c).where(_queues.c.queue_name == bindparam("p_name"))
@@ -50,7 +52,7 @@ class QueueRepository(Repository):
         return _info(row) if row is not None else None
 
     async def list(self, executor: Executor, limit: int | None = None,
-                   offset: int = 0) -> list[QueueInfo]:
+                   offset: int = 0) -> builtins.list[QueueInfo]:
         """Queues ordered by id."""
         stmt = select(*_queues.c).order_by(_queues.c.id).limit(limit).offset(offset)
         return [_info(r) for r in await self._execute(executor, stmt)]

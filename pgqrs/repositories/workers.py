@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -21,12 +22,12 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from pgqrs import errors
-from pgqrs.models import Message, Queue, Worker
+from pgqrs.models import messages_table, queues_table, workers_table
 from pgqrs.repositories._base import Executor, Repository
 from pgqrs.types import WorkerHealthStats, WorkerInfo, WorkerStatus
 
-_w = Worker.__table__
-_m = Message.__table__
+_w = workers_table
+_m = messages_table
 _NOW = func.now()
 _STALE = bindparam("p_stale", type_=Interval)
 _ID = bindparam("p_id", type_=BigInteger)
@@ -129,7 +130,7 @@ class WorkerRepository(Repository):
         return current.status
 
     async def list(self, executor: Executor, *, queue_id: int | None = None,
-                   limit: int | None = None, offset: int = 0) -> list[WorkerInfo]:
+                   limit: int | None = None, offset: int = 0) -> builtins.list[WorkerInfo]:
         """Workers ordered by id, optionally of one queue."""
         stmt = select(*_w.c).order_by(_w.c.id).limit(limit).offset(offset)
         if queue_id is not None:
@@ -144,7 +145,7 @@ class WorkerRepository(Repository):
         return int((await self._execute(executor, stmt)).scalar_one())
 
     async def stop_stale(self, executor: Executor, *, queue_id: int | None,
-                         older_than: float) -> list[int]:
+                         older_than: float) -> builtins.list[int]:
         """Mark live workers silent for ``older_than`` seconds as stopped; return their ids."""
         stmt = (
             update(_w)
@@ -175,7 +176,7 @@ class WorkerRepository(Repository):
         return result.first() is not None
 
     async def health(self, executor: Executor, *, stale_after: float,
-                     by_queue: bool) -> list[WorkerHealthStats]:
+                     by_queue: bool) -> builtins.list[WorkerHealthStats]:
         """Counts per status and of live-but-silent workers, overall or per queue."""
         def count_if(cond: Any) -> Any:
             return func.count(case((cond, 1)))
@@ -188,7 +189,7 @@ class WorkerRepository(Repository):
             count_if(_w.c.status == WorkerStatus.STOPPED).label("stopped"),
             count_if(live & (_w.c.heartbeat_at < _NOW - _STALE)).label("stale"),
         ]
-        q = Queue.__table__
+        q = queues_table
         if by_queue:
             stmt = (select(q.c.queue_name, *columns)
                     .select_from(_w.outerjoin(q, q.c.id == _w.c.queue_id))

@@ -36,7 +36,7 @@ async def test_expired_lease_is_redelivered_and_old_holder_is_fenced(dsn: str, q
     async with (Producer(dsn, queue, "p", 1) as producer,
                 Consumer(dsn, queue, "a", 2) as a, Consumer(dsn, queue, "b", 3) as b):
         mid = await producer.enqueue({"x": 1})
-        (got,) = await a.dequeue(visibility_timeout=0.3)
+        await a.dequeue(visibility_timeout=0.3)
         assert await b.dequeue() == []
         await asyncio.sleep(0.5)
         (again,) = await b.dequeue()
