@@ -117,12 +117,3 @@ class Database:
         if self.owned:
             with contextlib.suppress(Exception):
                 await self.engine.dispose()
-
-
-def lent_executor(
-    session: AsyncSession | None, connection: AsyncConnection | None
-) -> Executor | None:
-    """Return whichever of ``session``/``connection`` the caller lent (at most one)."""
-    if session is not None and connection is not None:
-        raise errors.ConfigurationError("Pass either session= or connection=, not both")
-    return session if session is not None else connection

@@ -5,12 +5,41 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 from pgqrs import errors
 from pgqrs.models import QUEUE_NAME_MAX_LENGTH
 
 _JSON_SCALARS = (str, int, float, bool, type(None))
+S = TypeVar("S")
+C = TypeVar("C")
+
+
+def lent(session: S | None, connection: C | None) -> S | C | None:
+    """Return whichever of ``session``/``connection`` the caller lent (at most one)."""
+    if session is not None and connection is not None:
+        raise errors.ConfigurationError("Pass either session= or connection=, not both")
+    return session if session is not None else connection
+
+
+def encode_batch(payloads: object, *, max_bytes: int, max_depth: int) -> list[str]:
+    """Validate and encode every payload of a batch; the error names the bad index.
+
+    Raises:
+        ValidationError: ``payloads`` is not a list of dicts, or one payload is rejected.
+    """
+    if isinstance(payloads, dict | str | bytes) or not isinstance(payloads, Sequence):
+        raise errors.ValidationError(
+            f"payloads must be a list of dicts, got {type(payloads).__name__}"
+        )
+    encoded: list[str] = []
+    for index, payload in enumerate(payloads):
+        try:
+            encoded.append(encode_payload(payload, max_bytes=max_bytes, max_depth=max_depth))
+        except errors.ValidationError as exc:
+            raise errors.ValidationError(f"payloads[{index}]: {exc}") from None
+    return encoded
 
 
 def encode_payload(payload: object, *, max_bytes: int, max_depth: int) -> str:

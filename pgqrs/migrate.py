@@ -198,8 +198,16 @@ def ensure_schema(connection: Connection, schema: str) -> None:
         connection.execute(text(f'CREATE SCHEMA "{validate_schema(schema)}"'))
 
 
+_LOCK = select(func.pg_advisory_xact_lock(ADVISORY_LOCK_KEY))
+
+
 async def _lock(conn: AsyncConnection) -> None:
-    await conn.execute(select(func.pg_advisory_xact_lock(ADVISORY_LOCK_KEY)))
+    await conn.execute(_LOCK)
+
+
+def lock_sync(connection: Connection) -> None:
+    """Take the install lock on a synchronous connection (released at commit/rollback)."""
+    connection.execute(_LOCK)
 
 
 async def install(conn: AsyncConnection, schema: str) -> None:

@@ -7,8 +7,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from pgqrs import _validation, errors
-from pgqrs._db import lent_executor
+from pgqrs import _validation
 from pgqrs._worker import WorkerClient
 from pgqrs.types import WorkerStatus
 
@@ -65,7 +64,7 @@ class Producer(WorkerClient):
         """
         encoded = self._encode(payload)
         seconds = _validation.seconds("delay", delay) if delay is not None else None
-        lent = lent_executor(session, connection)
+        lent = _validation.lent(session, connection)
         worker_id, queue_id = await self._ids(*_CAN_ENQUEUE)
         if self._bucket is not None:
             await self._bucket.acquire()
@@ -87,18 +86,10 @@ class Producer(WorkerClient):
         Raises:
             ValidationError: a payload (its index is named) or the delay was rejected.
         """
-        if isinstance(payloads, dict | str | bytes) or not isinstance(payloads, Sequence):
-            raise errors.ValidationError(
-                f"payloads must be a list of dicts, got {type(payloads).__name__}"
-            )
-        encoded: list[str] = []
-        for index, payload in enumerate(payloads):
-            try:
-                encoded.append(self._encode(payload))
-            except errors.ValidationError as exc:
-                raise errors.ValidationError(f"payloads[{index}]: {exc}") from None
+        encoded = _validation.encode_batch(payloads, max_bytes=self.settings.max_payload_bytes,
+                                           max_depth=self.settings.max_payload_depth)
         seconds = _validation.seconds("delay", delay) if delay is not None else None
-        lent = lent_executor(session, connection)
+        lent = _validation.lent(session, connection)
         if not encoded:
             return []
         worker_id, queue_id = await self._ids(*_CAN_ENQUEUE)
