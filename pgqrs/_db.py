@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -22,6 +22,24 @@ from pgqrs.repositories import Executor
 from pgqrs.settings import Settings
 
 
+def raw_connector(dsn: str, settings: Settings) -> Callable[[], Awaitable[asyncpg.Connection]]:
+    """A function opening one plain asyncpg connection to ``dsn`` with pgqrs's options."""
+    parsed = _dsn.parse(dsn)
+    connect_timeout = parsed.connect_timeout or settings.connect_timeout
+
+    async def connect() -> asyncpg.Connection:
+        return await asyncpg.connect(
+            parsed.libpq_url,
+            timeout=connect_timeout,
+            command_timeout=settings.statement_timeout,
+            # Behind pgbouncer's transaction pooling a named statement may land on another
+            # server connection, so prepared statements must not be reused there.
+            statement_cache_size=0 if settings.pgbouncer else 256,
+        )
+
+    return connect
+
+
 def create_engine(dsn: str, settings: Settings, *, pooled: bool = True) -> AsyncEngine:
     """Create pgqrs's own engine for ``dsn`` (no I/O happens until first use).
 
@@ -31,19 +49,8 @@ def create_engine(dsn: str, settings: Settings, *, pooled: bool = True) -> Async
     Raises:
         ConfigurationError: the DSN is not a PostgreSQL URL.
     """
-    parsed = _dsn.parse(dsn)
-    connect_timeout = parsed.connect_timeout or settings.connect_timeout
-
-    async def connect() -> asyncpg.Connection:
-        # Cap the connect itself too: asyncpg's timeout does not cover every DNS/TCP path.
-        return await asyncpg.connect(
-            parsed.libpq_url,
-            timeout=connect_timeout,
-            command_timeout=settings.statement_timeout,
-            # Behind pgbouncer's transaction pooling a named statement may land on another
-            # server connection, so prepared statements must not be reused there.
-            statement_cache_size=0 if settings.pgbouncer else 256,
-        )
+    connect = raw_connector(dsn, settings)
+    connect_timeout = _dsn.parse(dsn).connect_timeout or settings.connect_timeout
 
     def creator() -> Any:
         dbapi: Any = engine.dialect.dbapi
@@ -71,9 +78,12 @@ class Database:
 
     def __init__(self, target: str | AsyncEngine, settings: Settings, *,
                  pooled: bool = True) -> None:
+        self.settings = settings
         if isinstance(target, AsyncEngine):
             self.engine = target
             self.owned = False
+            self.raw_connect = _host_connector(target, settings)
+            self.identity = target.url.render_as_string(hide_password=False)
         elif isinstance(target, Engine):
             raise errors.ConfigurationError(
                 "pgqrs's async API needs an AsyncEngine (create_async_engine with the asyncpg "
@@ -82,6 +92,8 @@ class Database:
         elif isinstance(target, str):
             self.engine = create_engine(target, settings, pooled=pooled)
             self.owned = True
+            self.raw_connect = raw_connector(target, settings)
+            self.identity = _dsn.parse(target).libpq_url
         else:
             raise errors.ConfigurationError(
                 f"Expected a DSN string or an AsyncEngine, got {type(target).__name__}"
@@ -90,6 +102,8 @@ class Database:
             raise errors.ConfigurationError(
                 f"pgqrs needs PostgreSQL, not {self.engine.dialect.name!r}"
             )
+        # A derived view sharing the pool; the host's engine object is not modified.
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @contextlib.asynccontextmanager
     async def transaction(
@@ -112,8 +126,38 @@ class Database:
             async with self.engine.begin() as conn:
                 yield conn
 
+    @contextlib.asynccontextmanager
+    async def statement(self, lent: Executor | None = None) -> AsyncIterator[Executor]:
+        """Yield an executor for ONE atomic statement: ``lent`` as is, else autocommit.
+
+        A single statement is its own transaction, so skipping BEGIN/COMMIT saves two
+        round trips on every hot-path call (enqueue, dequeue, ack).
+        """
+        if lent is not None:
+            async with self.transaction(lent) as executor:
+                yield executor
+            return
+        with errors.translate_db_errors():
+            async with self._autocommit.connect() as conn:
+                yield conn
+
     async def dispose(self) -> None:
         """Dispose the engine if pgqrs created it; a host's engine is left alone."""
         if self.owned:
             with contextlib.suppress(Exception):
                 await self.engine.dispose()
+
+
+def _host_connector(engine: AsyncEngine,
+                    settings: Settings) -> Callable[[], Awaitable[asyncpg.Connection]]:
+    """Open a plain asyncpg connection with a host engine's URL (for LISTEN)."""
+    url = engine.url
+
+    async def connect() -> asyncpg.Connection:
+        host = url.query.get("host") or url.host
+        return await asyncpg.connect(
+            user=url.username, password=url.password, host=host, port=url.port,
+            database=url.database, timeout=settings.connect_timeout,
+        )
+
+    return connect

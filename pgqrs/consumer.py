@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pgqrs import _validation, errors
+from pgqrs import _notify, _validation, errors
 from pgqrs._worker import WorkerClient
 from pgqrs.types import QueueMessage, WorkerStatus
 
@@ -21,6 +21,10 @@ Handler = Callable[[QueueMessage], Awaitable[object]]
 """An async function that processes one message; raising means "failed, retry later"."""
 
 _READY_ONLY = (WorkerStatus.READY,)
+_IDLE_WAIT = 60.0
+"""How long one idle wait of the consume loop lasts before it starts another."""
+_LISTEN_RECHECK = 5.0
+"""Seconds between safety re-checks while LISTEN is active (notifications do the work)."""
 _LIVE = (WorkerStatus.READY, WorkerStatus.SUSPENDED)
 
 
@@ -47,24 +51,32 @@ class Consumer(WorkerClient):
         port: worker identity, with ``hostname``.
         visibility_timeout: default lease in seconds.
         max_read_ct: deliveries after which a message is a dead letter.
+        poll_interval: how often a waiting consumer polls when LISTEN/NOTIFY is not
+            available (pgbouncer transaction mode); with it, waits end on notification.
         **options: ``Settings`` options (``schema``, ``heartbeat_interval``, ...).
     """
 
     def __init__(self, dsn: str | AsyncEngine, queue: str, hostname: str, port: int, *,
                  visibility_timeout: float = 30, max_read_ct: int = 5,
-                 **options: Any) -> None:
+                 poll_interval: float = 1.0, **options: Any) -> None:
         super().__init__(dsn, queue, hostname, port, **options)
         self.visibility_timeout = _validation.seconds("visibility_timeout", visibility_timeout,
                                                       allow_zero=False)
         self.max_read_ct = _validation.positive_int("max_read_ct", max_read_ct)
+        self.poll_interval = _validation.seconds("poll_interval", poll_interval,
+                                                 allow_zero=False)
+        self._listener: _notify.Listener | None = None
+        self._listener_loop = 0
 
-    async def dequeue(self, limit: int = 1, *,
-                      visibility_timeout: float | None = None) -> list[QueueMessage]:
+    async def dequeue(self, limit: int = 1, *, visibility_timeout: float | None = None,
+                      wait: float | None = None) -> list[QueueMessage]:
         """Claim up to ``limit`` visible messages, oldest first; ``[]`` if none.
 
         Args:
             limit: most messages to claim.
             visibility_timeout: lease in seconds (default: the consumer's).
+            wait: block up to this many seconds for a message to arrive (woken by
+                LISTEN/NOTIFY, or by polling where notifications are unavailable).
 
         Raises:
             StateError: the consumer is suspended or stopped.
@@ -73,12 +85,57 @@ class Consumer(WorkerClient):
         lease = (self.visibility_timeout if visibility_timeout is None else
                  _validation.seconds("visibility_timeout", visibility_timeout,
                                      allow_zero=False))
+        patience = _validation.seconds("wait", wait) if wait is not None else 0.0
+        return await self._claim(limit, lease, patience)
+
+    async def _claim(self, limit: int, lease: float, wait: float,
+                     stop: asyncio.Event | None = None,
+                     poll: float | None = None) -> list[QueueMessage]:
+        """Claim now; if nothing is there and ``wait`` > 0, wait for a wake-up and retry."""
         worker_id, queue_id = await self._ids(*_READY_ONLY)
-        async with self._db.transaction() as conn:
-            return await self._messages.dequeue(
-                conn, queue_id=queue_id, worker_id=worker_id, limit=limit, lease=lease,
-                max_read_ct=self.max_read_ct,
-            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            # Subscribe before claiming, so a message enqueued in between still wakes us.
+            subscription = await self._subscribe(queue_id) if wait > 0 else None
+            try:
+                async with self._db.statement() as conn:
+                    messages = await self._messages.dequeue(
+                        conn, queue_id=queue_id, worker_id=worker_id, limit=limit,
+                        lease=lease, max_read_ct=self.max_read_ct,
+                    )
+                remaining = deadline - loop.time()
+                if (messages or subscription is None or remaining <= 0
+                        or (stop is not None and stop.is_set())):
+                    return messages
+                async with self._db.statement() as conn:
+                    due = await self._messages.seconds_until_due(
+                        conn, queue_id=queue_id, max_read_ct=self.max_read_ct)
+                recheck = (_LISTEN_RECHECK if subscription.listening
+                           else poll or self.poll_interval)
+                timeout = min(remaining, recheck, due if due is not None else recheck)
+                await subscription.wait(max(timeout, 0.001), stop)
+            finally:
+                if subscription is not None:
+                    subscription.close()
+
+    async def _subscribe(self, queue_id: int) -> _notify.Subscription:
+        if self.settings.pgbouncer:  # no LISTEN through transaction pooling
+            return _notify.polling_subscription(queue_id)
+        if self._listener is None:
+            self._listener_loop = id(asyncio.get_running_loop())
+            self._listener = _notify.acquire(self._listener_loop, self._db.identity,
+                                             self._messages.channel, self._db.raw_connect)
+        return await self._listener.subscribe(queue_id)
+
+    async def close(self, *, release_held: bool = True) -> None:
+        """Release held messages, mark the worker stopped, stop listening; see the base."""
+        listener, self._listener = self._listener, None
+        try:
+            await super().close(release_held=release_held)
+        finally:
+            if listener is not None:
+                await _notify.release(self._listener_loop, self._db.identity, listener)
 
     async def dequeue_batch(self, limit: int) -> list[QueueMessage]:
         """Claim up to ``limit`` messages with the default lease (original pgqrs name)."""
@@ -94,7 +151,7 @@ class Consumer(WorkerClient):
         if not ids:
             return []
         worker_id, _ = await self._ids(*_LIVE)
-        async with self._db.transaction() as conn:
+        async with self._db.statement() as conn:
             done = await self._messages.archive(conn, worker_id=worker_id, ids=ids, dead=True)
         return [i in done for i in ids]
 
@@ -108,7 +165,7 @@ class Consumer(WorkerClient):
         if not ids:
             return []
         worker_id, _ = await self._ids(*_LIVE)
-        async with self._db.transaction() as conn:
+        async with self._db.statement() as conn:
             done = await self._messages.archive(conn, worker_id=worker_id, ids=ids)
         return [i in done for i in ids]
 
@@ -122,7 +179,7 @@ class Consumer(WorkerClient):
         if not ids:
             return []
         worker_id, _ = await self._ids(*_LIVE)
-        async with self._db.transaction() as conn:
+        async with self._db.statement() as conn:
             done = await self._messages.delete(conn, worker_id=worker_id, ids=ids)
         return [i in done for i in ids]
 
@@ -131,7 +188,7 @@ class Consumer(WorkerClient):
         (mid,) = _validation.message_ids([message_id])
         lease = _validation.seconds("seconds", seconds, allow_zero=False)
         worker_id, _ = await self._ids(*_LIVE)
-        async with self._db.transaction() as conn:
+        async with self._db.statement() as conn:
             return await self._messages.extend(conn, worker_id=worker_id, message_id=mid,
                                                seconds=lease)
 
@@ -147,14 +204,14 @@ class Consumer(WorkerClient):
         if not ids:
             return 0
         worker_id, _ = await self._ids(*_LIVE)
-        async with self._db.transaction() as conn:
+        async with self._db.statement() as conn:
             return await self._messages.release(conn, worker_id=worker_id, ids=ids,
                                                 delay=seconds)
 
     async def held_count(self) -> int:
         """How many messages this consumer currently holds."""
         worker_id = await self.register()
-        async with self._db.transaction() as conn:
+        async with self._db.statement() as conn:
             return await self._messages.count(conn, worker_id=worker_id)
 
     async def _before_shutdown(self) -> None:
@@ -168,14 +225,14 @@ class Consumer(WorkerClient):
 
     async def _release_held(self) -> None:
         assert self._worker_id is not None
-        async with self._db.transaction() as conn:
+        async with self._db.statement() as conn:
             await self._messages.release_worker(conn, self._worker_id)
 
     # -- the worker loop ------------------------------------------------------------------
 
     async def messages(self, *, batch_size: int = 10,
-                       poll_interval: float = 1.0) -> AsyncIterator[QueueMessage]:
-        """Yield claimed messages forever; you archive/release each one yourself.
+                       poll_interval: float | None = None) -> AsyncIterator[QueueMessage]:
+        """Yield claimed messages forever (waiting on NOTIFY when idle); you ack each one.
 
         Example::
 
@@ -184,13 +241,11 @@ class Consumer(WorkerClient):
                 await consumer.archive(message.id)
         """
         batch_size = _validation.positive_int("batch_size", batch_size)
-        poll = _validation.seconds("poll_interval", poll_interval, allow_zero=False)
+        poll = (self.poll_interval if poll_interval is None else
+                _validation.seconds("poll_interval", poll_interval, allow_zero=False))
         while True:
-            batch = await self.dequeue(batch_size)
-            if not batch:
-                await asyncio.sleep(poll)
-                continue
-            for message in batch:
+            for message in await self._claim(batch_size, self.visibility_timeout, _IDLE_WAIT,
+                                             poll=poll):
                 yield message
 
     async def consume(
@@ -199,7 +254,7 @@ class Consumer(WorkerClient):
         *,
         batch_size: int = 10,
         concurrency: int = 10,
-        poll_interval: float = 1.0,
+        poll_interval: float | None = None,
         backoff_base: float = 1.0,
         backoff_max: float = 300.0,
         grace_period: float = 30.0,
@@ -222,7 +277,8 @@ class Consumer(WorkerClient):
             handler: ``async def handler(message) -> Any``.
             batch_size: most messages claimed per dequeue.
             concurrency: most handlers running at once.
-            poll_interval: seconds to wait when the queue is empty.
+            poll_interval: seconds between polls while handlers run and, where
+                LISTEN/NOTIFY is unavailable, while idle (default: the consumer's).
             backoff_base: first retry delay in seconds.
             backoff_max: longest retry delay in seconds.
             grace_period: seconds in-flight handlers get to finish when stopping.
@@ -231,8 +287,9 @@ class Consumer(WorkerClient):
             handle_signals: stop gracefully on SIGTERM and SIGINT (main thread only).
         """
         loop = _ConsumeLoop(self, handler, batch_size=batch_size, concurrency=concurrency,
-                            poll_interval=poll_interval, backoff_base=backoff_base,
-                            backoff_max=backoff_max, grace_period=grace_period,
+                            poll_interval=poll_interval or self.poll_interval,
+                            backoff_base=backoff_base, backoff_max=backoff_max,
+                            grace_period=grace_period,
                             stop=stop or asyncio.Event(), stop_when_idle=stop_when_idle)
         return await loop.run(handle_signals=handle_signals)
 
@@ -282,18 +339,19 @@ class _ConsumeLoop:
                 await asyncio.wait(list(self.in_flight), return_when=asyncio.FIRST_COMPLETED)
                 await self._flush()
                 continue
-            batch = await self.consumer.dequeue(min(self.batch_size, capacity))
+            limit = min(self.batch_size, capacity)
+            batch = await self.consumer._claim(limit, self.consumer.visibility_timeout, 0)
             if not batch:
                 await self._flush()
                 if self.in_flight:
                     await asyncio.wait(list(self.in_flight), timeout=self.poll,
                                        return_when=asyncio.FIRST_COMPLETED)
-                elif self.stop_when_idle:
+                    continue
+                if self.stop_when_idle:
                     return
-                else:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.stop.wait(), self.poll)
-                continue
+                # Idle: block until NOTIFY (or polling, or the next due message) or stop.
+                batch = await self.consumer._claim(limit, self.consumer.visibility_timeout,
+                                                   _IDLE_WAIT, self.stop, self.poll)
             for message in batch:
                 task = asyncio.create_task(self._process(message))
                 self.in_flight[task] = message

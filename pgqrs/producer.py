@@ -68,7 +68,7 @@ class Producer(WorkerClient):
         worker_id, queue_id = await self._ids(*_CAN_ENQUEUE)
         if self._bucket is not None:
             await self._bucket.acquire()
-        async with self._db.transaction(lent) as conn:
+        async with self._db.statement(lent) as conn:
             return await self._messages.enqueue(conn, queue_id=queue_id, payload=encoded,
                                                 delay=seconds, worker_id=worker_id)
 
@@ -95,7 +95,7 @@ class Producer(WorkerClient):
         worker_id, queue_id = await self._ids(*_CAN_ENQUEUE)
         if self._bucket is not None:
             await self._bucket.acquire(len(encoded))
-        async with self._db.transaction(lent) as conn:
+        async with self._db.statement(lent) as conn:
             return await self._messages.enqueue_batch(
                 conn, queue_id=queue_id, payloads=encoded, delay=seconds, worker_id=worker_id
             )

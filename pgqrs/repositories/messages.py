@@ -45,7 +45,21 @@ _WORKER = bindparam("p_worker_id", type_=BigInteger)
 _QUEUE = bindparam("p_queue_id", type_=BigInteger)
 _DELAY = bindparam("p_delay", type_=Interval)
 
-_ENQUEUE = (
+_CHANNEL = bindparam("p_channel", type_=Text)
+
+
+def _notifying(statement: Any) -> Any:
+    """Wrap a DML ... RETURNING id, queue_id so it also NOTIFYs each queue's channel.
+
+    Used where messages become claimable now (enqueue, release). The notification is part
+    of the statement's transaction: a rolled-back enqueue wakes no one, and PostgreSQL
+    folds identical notifications of one transaction into one, so a batch wakes once.
+    """
+    changed = statement.cte("changed")
+    return select(changed.c.id, func.pg_notify(_CHANNEL, cast(changed.c.queue_id, Text)))
+
+
+_ENQUEUE = _notifying(
     insert(_m)
     .values(
         queue_id=_QUEUE,
@@ -53,7 +67,7 @@ _ENQUEUE = (
         vt=_NOW + _DELAY,
         producer_worker_id=_WORKER,
     )
-    .returning(_m.c.id)
+    .returning(_m.c.id, _m.c.queue_id)
 )
 
 _batch = (
@@ -61,7 +75,7 @@ _batch = (
     .table_valued("payload", with_ordinality="ord")
     .render_derived()
 )
-_ENQUEUE_BATCH = (
+_ENQUEUE_BATCH = _notifying(
     insert(_m)
     .from_select(
         ["queue_id", "payload", "vt", "producer_worker_id"],
@@ -69,7 +83,7 @@ _ENQUEUE_BATCH = (
             _batch.c.ord
         ),
     )
-    .returning(_m.c.id)
+    .returning(_m.c.id, _m.c.queue_id)
 )
 
 # The claim: FIFO by id, visible now, attempts left, and the consumer still 'ready' (so a
@@ -110,17 +124,17 @@ _EXTEND = (
     .values(vt=_NOW + bindparam("p_lease", type_=Interval))
     .returning(_m.c.id)
 )
-_RELEASE = (
+_RELEASE = _notifying(
     update(_m)
     .where(_OWNED)
     .values(vt=_NOW + _DELAY, consumer_worker_id=None)
-    .returning(_m.c.id)
+    .returning(_m.c.id, _m.c.queue_id)
 )
-_RELEASE_WORKER = (
+_RELEASE_WORKER = _notifying(
     update(_m)
     .where(_m.c.consumer_worker_id == _WORKER)
     .values(vt=_NOW, consumer_worker_id=None)
-    .returning(_m.c.id)
+    .returning(_m.c.id, _m.c.queue_id)
 )
 
 _ARCHIVE_COLUMNS = [
@@ -173,15 +187,24 @@ def _seconds(value: float | None) -> timedelta:
     return timedelta(seconds=value or 0)
 
 
+_NEXT_DUE = select(func.extract("epoch", func.min(_m.c.vt) - _NOW)).where(
+    _m.c.queue_id == _QUEUE, _m.c.read_ct < bindparam("p_max_read_ct"), _m.c.vt > _NOW
+)
+
+
 class MessageRepository(Repository):
     """Live messages: enqueue, claim, ack (archive/delete), extend, release, counts."""
+
+    def __init__(self, schema: str) -> None:
+        super().__init__(schema)
+        self.channel = f"pgqrs_{schema}"
 
     async def enqueue(self, executor: Executor, *, queue_id: int, payload: str,
                       delay: float | None, worker_id: int | None) -> int:
         """Insert one pre-encoded JSON payload; return its id."""
         result = await self._execute(executor, _ENQUEUE, {
             "p_queue_id": queue_id, "p_payload": payload, "p_delay": _seconds(delay),
-            "p_worker_id": worker_id,
+            "p_worker_id": worker_id, "p_channel": self.channel,
         })
         return int(result.scalar_one())
 
@@ -191,7 +214,7 @@ class MessageRepository(Repository):
         """Insert many pre-encoded payloads in one statement; ids in input order."""
         result = await self._execute(executor, _ENQUEUE_BATCH, {
             "p_queue_id": queue_id, "p_payloads": list(payloads), "p_delay": _seconds(delay),
-            "p_worker_id": worker_id,
+            "p_worker_id": worker_id, "p_channel": self.channel,
         })
         # Ids come from one sequence in ordinality order, so sorting restores input order.
         return sorted(int(i) for i in result.scalars())
@@ -204,6 +227,15 @@ class MessageRepository(Repository):
             "p_lease": _seconds(lease), "p_max_read_ct": max_read_ct,
         })
         return sorted((to_message(r) for r in result), key=lambda m: m.id)
+
+    async def seconds_until_due(self, executor: Executor, *, queue_id: int,
+                                max_read_ct: int) -> float | None:
+        """Seconds until the next invisible message (delayed or leased) becomes claimable."""
+        result = await self._execute(executor, _NEXT_DUE, {
+            "p_queue_id": queue_id, "p_max_read_ct": max_read_ct,
+        })
+        value = result.scalar()
+        return float(value) if value is not None else None
 
     async def archive(self, executor: Executor, *, worker_id: int | None,
                       ids: Sequence[int], dead: bool = False) -> set[int]:
@@ -241,12 +273,15 @@ class MessageRepository(Repository):
         """Give held messages back, visible again after ``delay``; return how many."""
         result = await self._execute(executor, _RELEASE, {
             "p_ids": list(ids), "p_worker_id": worker_id, "p_delay": _seconds(delay),
+            "p_channel": self.channel,
         })
         return len(result.all())
 
     async def release_worker(self, executor: Executor, worker_id: int) -> int:
         """Release everything ``worker_id`` holds, visible at once; return how many."""
-        result = await self._execute(executor, _RELEASE_WORKER, {"p_worker_id": worker_id})
+        result = await self._execute(executor, _RELEASE_WORKER, {
+            "p_worker_id": worker_id, "p_channel": self.channel,
+        })
         return len(result.all())
 
     async def move_dead_letters(self, executor: Executor, *, queue_id: int | None,
