@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from pgqrs.admin import Admin
 from pgqrs.consumer import Consumer
 from pgqrs.errors import (
@@ -34,6 +36,9 @@ from pgqrs.types import (
 )
 
 __version__ = "0.1.0"
+
+# A library logs; the application decides where it goes (no "last resort" stderr output).
+logging.getLogger("pgqrs").addHandler(logging.NullHandler())
 
 __all__ = [
     "Admin",
