@@ -97,6 +97,10 @@ class WorkerClient:
         """Register if needed, check the local status; return (worker_id, queue_id)."""
         worker_id = await self.register()
         assert self._queue_id is not None and self._status is not None
+        if self._status not in allowed and not self._closed:
+            # The cached status may lag an operator's change (pgqrs worker resume): ask the
+            # database before refusing. The happy path costs nothing extra.
+            await self.status()
         if self._status not in allowed:
             raise errors.StateError(
                 str(self._status), str(_READY),

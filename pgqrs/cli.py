@@ -117,7 +117,8 @@ def _cli_identity() -> tuple[str, int]:
 
 async def _with_admin(args: argparse.Namespace, dsn: str,
                       action: Callable[[Admin], Awaitable[Any]]) -> Any:
-    async with Admin(dsn, schema=args.schema) as admin:
+    max_read_ct = getattr(args, "max_read_ct", None) or 5
+    async with Admin(dsn, schema=args.schema, max_read_ct=max_read_ct) as admin:
         return await action(admin)
 
 
@@ -346,10 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
                        ("purge", "delete a queue's messages and archive")):
         add(queue, name, _cmd_queue, text).add_argument("name")
     add(queue, "list", _cmd_queue, "list queues")
-    add(queue, "metrics", _cmd_queue, "message counts (one queue or all)").add_argument(
-        "name", nargs="?")
-    add(queue, "archive-dlq", _cmd_queue, "archive dead letters (one queue or all)").add_argument(
-        "name", nargs="?")
+    for name, text in (("metrics", "message counts (one queue or all)"),
+                       ("archive-dlq", "archive dead letters (one queue or all)")):
+        p = add(queue, name, _cmd_queue, text)
+        p.add_argument("name", nargs="?")
+        p.add_argument("--max-read-ct", type=int, default=5,
+                       help="deliveries after which a message is dead (your consumers' value)")
 
     message = add(sub, "message", None, "work with messages").add_subparsers(
         dest="action", required=True, metavar="ACTION")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -28,17 +30,17 @@ def as_json(*args: str, dsn: str) -> object:
 
 def test_queue_message_archive_round_trip(dsn: str) -> None:
     created = as_json("queue", "create", "jobs", dsn=dsn)
-    assert created["queue_name"] == "jobs"  # type: ignore[index]
+    assert created["queue_name"] == "jobs"  
     enq = as_json("message", "enqueue", "jobs", '{"n": 1}', dsn=dsn)
     assert as_json("message", "count", "jobs", dsn=dsn) == {"count": 1}
-    got = as_json("message", "get", str(enq["id"]), dsn=dsn)  # type: ignore[index]
-    assert got["payload"] == {"n": 1}  # type: ignore[index]
+    got = as_json("message", "get", str(enq["id"]), dsn=dsn)  
+    assert got["payload"] == {"n": 1}  
     (claimed,) = as_json("message", "dequeue", "jobs", "--vt", "5m", dsn=dsn)  # type: ignore[misc]
     assert claimed["read_ct"] == 1
-    assert as_json("message", "archive", str(claimed["id"]), dsn=dsn)["archived"] is True  # type: ignore[index]
+    assert as_json("message", "archive", str(claimed["id"]), dsn=dsn)["archived"] is True  
     assert as_json("archive", "count", dsn=dsn) == {"count": 1}
     metrics = as_json("queue", "metrics", "jobs", dsn=dsn)
-    assert metrics["archived_messages"] == 1  # type: ignore[index]
+    assert metrics["archived_messages"] == 1  
     table = pgqrs("queue", "list", dsn=dsn)
     assert table.returncode == 0 and "jobs" in table.stdout and "queue_name" in table.stdout
 
@@ -118,3 +120,75 @@ def test_demo_against_given_database(empty_dsn: str) -> None:
     result = pgqrs("demo", dsn=empty_dsn)
     assert result.returncode == 0, result.stderr
     assert "Archived 5 messages." in result.stdout
+
+
+async def test_every_command_in_both_formats(dsn: str) -> None:
+    """Drive each command; JSON output is checked against the database state."""
+    from pgqrs import Admin, Consumer, Producer
+
+    def ok(*args: str) -> Any:
+        """A read-only command: as a table, then as JSON (returned parsed)."""
+        table = pgqrs(*args, dsn=dsn)
+        assert table.returncode == 0 and table.stdout.strip(), (args, table.stderr)
+        return as_json(*args, dsn=dsn)
+
+    def run(*args: str) -> Any:
+        """A command that changes something: once, as JSON."""
+        return as_json(*args, dsn=dsn)
+    async with Admin(dsn, max_read_ct=1) as admin:
+        await admin.create_queue("q")
+        async with Producer(dsn, "q", "prod", 1) as producer:
+            ids = await producer.enqueue_batch([{"i": i} for i in range(4)])
+        consumer = Consumer(dsn, "q", "cons", 2, max_read_ct=1)
+        held = await consumer.dequeue(2, visibility_timeout=0.01)
+        worker_id = consumer.worker_id
+        assert worker_id is not None
+
+        assert ok("stats")["total_messages"] == 4  
+        assert ok("verify")["ok"] is True  
+        assert ok("queue", "list")[0]["queue_name"] == "q"  
+        assert ok("queue", "get", "q")["queue_name"] == "q"  
+        assert len(ok("queue", "metrics")) == 1  
+        assert ok("message", "count")["count"] == 4  
+        workers = ok("worker", "list", "--queue", "q")
+        assert {w["hostname"] for w in workers} == {"prod", "cons"}  
+        assert ok("worker", "get", str(worker_id))["status"] == "ready"  
+        assert ok("worker", "health", "--stale-after", "1m")[0]["total_workers"] == 2  
+        assert ok("worker", "stats")[0]["queue_name"] == "q"  
+        messages = ok("worker", "messages", str(worker_id))
+        assert {m["id"] for m in messages} == {m.id for m in held}  
+
+        await asyncio.sleep(0.05)  # the short leases run out: two dead letters
+        result = run("queue", "archive-dlq", "q", "--max-read-ct", "1")
+        assert result == {"archived_dead_letters": sorted(m.id for m in held)}
+        dead = ok("archive", "list", "--dead")
+        assert len(dead) == 2  
+        assert ok("archive", "count", "--dead")["count"] == 2  
+        assert run("archive", "replay", str(dead[0]["id"]))["message_id"] > ids[-1]
+        assert run("archive", "delete", str(dead[1]["id"]))["deleted"] is True
+        assert ok("archive", "count")["count"] == 0  
+
+        assert run("message", "delete", str(ids[2]))["deleted"] is True
+        assert pgqrs("worker", "suspend", str(worker_id), dsn=dsn).returncode == 0
+        assert (await admin.get_worker(worker_id)).status == "suspended"
+        assert pgqrs("worker", "resume", str(worker_id), dsn=dsn).returncode == 0
+        await consumer.dequeue(1)
+        assert run("worker", "release", str(worker_id))["released"] == 1
+        assert pgqrs("worker", "stop", str(worker_id), dsn=dsn).returncode == 0
+        assert (await admin.get_worker(worker_id)).status == "stopped"
+        assert run("reclaim", "--older-than", "1h") == {"q": 0}
+        assert run("worker", "delete", str(worker_id)) == {"deleted": worker_id}
+        assert run("worker", "purge", "--older-than", "0s") == {"purged": 1}  # "prod"
+        assert run("queue", "purge", "q")["purged"] == 2  # ids[3] and the replayed one
+        assert pgqrs("queue", "delete", "q", dsn=dsn).returncode == 0
+        assert await admin.list_queues() == []
+        await consumer.close()
+
+
+def test_help_reads_well() -> None:
+    top = pgqrs("--help")
+    assert top.returncode == 0
+    for command in ("install", "verify", "demo", "stats", "reclaim", "queue", "message",
+                    "worker", "archive"):
+        assert command in top.stdout
+        assert pgqrs(command, "--help").returncode == 0
