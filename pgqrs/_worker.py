@@ -14,12 +14,10 @@ import logging
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pgqrs import _validation, errors
 from pgqrs._db import Database
-from pgqrs.models import workers_table
 from pgqrs.repositories import MessageRepository, QueueRepository, WorkerRepository
 from pgqrs.settings import Settings
 from pgqrs.types import WorkerStatus
@@ -149,14 +147,8 @@ class WorkerClient:
         """True if the worker is not stopped and beat within the last ``max_age`` seconds."""
         age = _validation.seconds("max_age", max_age)
         worker_id = await self.register()
-        w = workers_table
-        stmt = select(
-            (w.c.status != _STOPPED) & (w.c.heartbeat_at >= func.now() - func.make_interval(
-                0, 0, 0, 0, 0, 0, age))
-        ).where(w.c.id == worker_id)
-        async with self._db.transaction() as conn:
-            healthy = (await self._workers._execute(conn, stmt)).scalar()
-        return bool(healthy)
+        async with self._db.statement() as conn:
+            return await self._workers.is_healthy(conn, worker_id, max_age=age)
 
     async def _transition(self, allowed_from: tuple[WorkerStatus, ...], to: WorkerStatus,
                           why: str) -> None:

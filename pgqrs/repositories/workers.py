@@ -101,6 +101,14 @@ class WorkerRepository(Repository):
             raise errors.WorkerNotFoundError(worker_id)
         return WorkerStatus(status)
 
+    async def is_healthy(self, executor: Executor, worker_id: int, *, max_age: float) -> bool:
+        """True if the worker is not stopped and beat within ``max_age`` seconds (DB clock)."""
+        stmt = select(
+            (_w.c.status != WorkerStatus.STOPPED) & (_w.c.heartbeat_at >= _NOW - _STALE)
+        ).where(_w.c.id == worker_id)
+        result = await self._execute(executor, stmt, {"p_stale": _seconds(max_age)})
+        return bool(result.scalar())
+
     async def get(self, executor: Executor, worker_id: int) -> WorkerInfo | None:
         """The worker with this id, or None."""
         row = (await self._execute(executor, select(*_w.c).where(_w.c.id == worker_id))).first()
