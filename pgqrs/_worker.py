@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
@@ -47,6 +48,8 @@ class WorkerClient:
         self._workers = WorkerRepository(schema)
         self._messages = MessageRepository(schema)
         self._worker_id: int | None = None
+        self._token: datetime | None = None
+        self._replaced = False
         self._queue_id: int | None = None
         self._status: WorkerStatus | None = None
         self._register_lock: asyncio.Lock | None = None
@@ -80,7 +83,7 @@ class WorkerClient:
             if self._worker_id is None:
                 async with self._db.transaction() as conn:
                     queue = await self._queues.get(conn, self.queue_name)
-                    worker_id = await self._workers.register(
+                    worker_id, self._token = await self._workers.register(
                         conn, hostname=self.hostname, port=self.port, queue_id=queue.id,
                         stale_after=self.settings.stale_threshold,
                     )
@@ -95,6 +98,9 @@ class WorkerClient:
         """Register if needed, check the local status; return (worker_id, queue_id)."""
         worker_id = await self.register()
         assert self._queue_id is not None and self._status is not None
+        if self._replaced:
+            raise errors.StateError(str(_STOPPED), str(_READY),
+                                    f"worker {worker_id} was taken over by another process")
         if self._status not in allowed and not self._closed:
             # The cached status may lag an operator's change (pgqrs worker resume): ask the
             # database before refusing. The happy path costs nothing extra.
@@ -115,6 +121,9 @@ class WorkerClient:
                 await asyncio.sleep(self.settings.heartbeat_interval)
                 try:
                     await self.heartbeat()
+                except errors.StateError as exc:
+                    log.error("pgqrs worker %s: %s", self._worker_id, exc)
+                    return
                 except errors.PgqrsError as exc:
                     # The database may be briefly away; the next beat tries again.
                     log.warning("pgqrs heartbeat for worker %s failed: %s", self._worker_id, exc)
@@ -130,8 +139,13 @@ class WorkerClient:
     async def heartbeat(self) -> None:
         """Record a heartbeat now (the background task does this every interval)."""
         worker_id = await self.register()
-        async with self._db.transaction() as conn:
-            self._status = await self._workers.heartbeat(conn, worker_id)
+        assert self._token is not None
+        try:
+            async with self._db.statement() as conn:
+                self._status = await self._workers.heartbeat(conn, worker_id, self._token)
+        except errors.StateError:
+            self._status, self._replaced = _STOPPED, True  # refuse all further work
+            raise
 
     async def status(self) -> WorkerStatus:
         """The worker's status as stored in the database."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -135,6 +136,7 @@ class Producer(_Base):
         self._workers = WorkerRepository(schema)
         self._messages = MessageRepository(schema)
         self._ids: tuple[int, int] | None = None
+        self._token: datetime | None = None
         self._last_beat = 0.0
 
     @property
@@ -148,13 +150,14 @@ class Producer(_Base):
             # Always on our own connection: a caller's rollback must not undo it.
             with self._transaction() as executor:
                 queue = _run(self._queues.get(executor, self.queue_name))
-                worker_id = _run(self._workers.register(
+                worker_id, token = _run(self._workers.register(
                     executor, hostname=self.hostname, port=self.port, queue_id=queue.id,
                     stale_after=self.settings.stale_threshold))
-            self._ids, self._last_beat = (worker_id, queue.id), now
+            self._ids, self._token, self._last_beat = (worker_id, queue.id), token, now
         elif now - self._last_beat > self.settings.heartbeat_interval:
+            assert self._token is not None
             with self._transaction() as executor:
-                status = _run(self._workers.heartbeat(executor, self._ids[0]))
+                status = _run(self._workers.heartbeat(executor, self._ids[0], self._token))
             if status == "stopped":
                 raise errors.StateError("stopped", "ready", "this producer was shut down")
             self._last_beat = now

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -46,7 +46,7 @@ _registered = _insert.on_conflict_do_update(
         "started_at": _NOW, "heartbeat_at": _NOW, "shutdown_at": null(),
     },
     where=or_(_w.c.status == WorkerStatus.STOPPED, _w.c.heartbeat_at < _NOW - _STALE),
-).returning(_w.c.id).cte("registered")
+).returning(_w.c.id, _w.c.started_at).cte("registered")
 _released = (
     update(_m)
     .where(_m.c.consumer_worker_id == _registered.c.id)
@@ -55,11 +55,17 @@ _released = (
     .cte("released")
 )
 _REGISTER = select(
-    _registered.c.id, select(func.count()).select_from(_released).scalar_subquery()
+    _registered.c.id, _registered.c.started_at,
+    select(func.count()).select_from(_released).scalar_subquery(),
 )
 
+# started_at is the registration's token: if another process took the row over, it no
+# longer matches and the old holder learns it was replaced.
 _HEARTBEAT = (
-    update(_w).where(_w.c.id == _ID).values(heartbeat_at=_NOW).returning(_w.c.status)
+    update(_w)
+    .where(_w.c.id == _ID, _w.c.started_at == bindparam("p_started"))
+    .values(heartbeat_at=_NOW)
+    .returning(_w.c.status)
 )
 
 
@@ -80,26 +86,38 @@ class WorkerRepository(Repository):
     """Worker identities and their lifecycle."""
 
     async def register(self, executor: Executor, *, hostname: str, port: int,
-                       queue_id: int | None, stale_after: float) -> int:
-        """Register or take over ``(hostname, port)``; return the worker id.
+                       queue_id: int | None, stale_after: float) -> tuple[int, datetime]:
+        """Register or take over ``(hostname, port)``; return the id and registration token.
 
         Raises:
             WorkerAlreadyExistsError: a live worker holds the identity.
         """
-        row = (await self._execute(executor, _REGISTER, {
+        row: Any = (await self._execute(executor, _REGISTER, {
             "p_hostname": hostname, "p_port": port, "p_queue_id": queue_id,
             "p_stale": _seconds(stale_after),
         }, hostname=hostname, port=port)).first()
         if row is None:
             raise errors.WorkerAlreadyExistsError(hostname, port)
-        return int(row[0])
+        return int(row[0]), row[1]
 
-    async def heartbeat(self, executor: Executor, worker_id: int) -> WorkerStatus:
-        """Record a heartbeat; return the worker's status as the database sees it."""
-        status = (await self._execute(executor, _HEARTBEAT, {"p_id": worker_id})).scalar()
-        if status is None:
+    async def heartbeat(self, executor: Executor, worker_id: int,
+                        started_at: datetime) -> WorkerStatus:
+        """Record a heartbeat; return the worker's status as the database sees it.
+
+        Raises:
+            WorkerNotFoundError: the row was deleted.
+            StateError: another process took the row over (same hostname and port).
+        """
+        status = (await self._execute(executor, _HEARTBEAT, {
+            "p_id": worker_id, "p_started": started_at,
+        })).scalar()
+        if status is not None:
+            return WorkerStatus(status)
+        if await self.get(executor, worker_id) is None:
             raise errors.WorkerNotFoundError(worker_id)
-        return WorkerStatus(status)
+        raise errors.StateError(
+            "ready", "ready", f"worker {worker_id} was taken over by another process with the "
+            "same hostname and port (this one looked dead); stop using this client")
 
     async def is_healthy(self, executor: Executor, worker_id: int, *, max_age: float) -> bool:
         """True if the worker is not stopped and beat within ``max_age`` seconds (DB clock)."""

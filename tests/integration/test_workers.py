@@ -280,3 +280,17 @@ async def test_sigterm_stops_gracefully_and_loses_nothing(dsn: str, queue: str) 
     assert all(r[1] is None for r in live)  # nothing left leased to the stopped worker
     status = await sql(dsn, "SELECT status::text FROM pgqrs_workers WHERE port = 4343")
     assert status[0][0] == "stopped"
+
+
+async def test_a_replaced_worker_learns_it_and_stops(dsn: str, queue: str) -> None:
+    old = Consumer(dsn, queue, "same", 5, heartbeat_interval=60)
+    worker_id = await old.register()
+    await sql(dsn, "UPDATE pgqrs_workers SET heartbeat_at = now() - interval '1 hour'")
+    async with Consumer(dsn, queue, "same", 5) as new:
+        assert await new.register() == worker_id  # took the stale row over
+        with pytest.raises(StateError, match="taken over by another process"):
+            await old.heartbeat()
+        with pytest.raises(StateError):
+            await old.dequeue()
+        assert await new.status() is WorkerStatus.READY
+    await old._db.dispose()
