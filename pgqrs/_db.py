@@ -7,13 +7,14 @@ pgqrs never commits, rolls back or closes it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Executable, Result
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -73,6 +74,34 @@ def _unique_statement_name() -> str:
     return f"__pgqrs_{uuid.uuid4().hex}__"
 
 
+class DriverConnection:
+    """An autocommit pooled connection, plus its asyncpg driver connection for hot paths."""
+
+    def __init__(self, conn: AsyncConnection, driver: Any) -> None:
+        self.conn = conn
+        self.driver = driver
+        self.dialect = conn.dialect
+
+    @classmethod
+    async def wrap(cls, conn: AsyncConnection) -> DriverConnection:
+        """Wrap ``conn``; the driver fast path is used only with asyncpg."""
+        driver = None
+        if conn.dialect.driver == "asyncpg":
+            driver = (await conn.get_raw_connection()).driver_connection
+        return cls(conn, driver)
+
+    @property
+    def lost(self) -> bool:
+        """True if the connection was invalidated or its driver connection closed."""
+        return self.conn.invalidated or (self.driver is not None and self.driver.is_closed())
+
+    async def execute(self, statement: Executable, parameters: Any = None, *,
+                      execution_options: Any = None) -> Result[Any]:
+        """Run ``statement`` through SQLAlchemy on this connection."""
+        return await self.conn.execute(statement, parameters,
+                                       execution_options=execution_options)
+
+
 class Database:
     """The engine a pgqrs client uses, and whether pgqrs owns it."""
 
@@ -104,6 +133,8 @@ class Database:
             )
         # A derived view sharing the pool; the host's engine object is not modified.
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._held: DriverConnection | None = None
+        self._held_lock: asyncio.Lock | None = None
 
     @contextlib.asynccontextmanager
     async def transaction(
@@ -130,19 +161,50 @@ class Database:
     async def statement(self, lent: Executor | None = None) -> AsyncIterator[Executor]:
         """Yield an executor for ONE atomic statement: ``lent`` as is, else autocommit.
 
-        A single statement is its own transaction, so skipping BEGIN/COMMIT saves two
-        round trips on every hot-path call (enqueue, dequeue, ack).
+        A single statement is its own transaction, so skipping BEGIN/COMMIT saves two round
+        trips on every hot-path call (enqueue, dequeue, ack). The client keeps one pooled
+        connection checked out for these calls (no pool round trip per call); a call made
+        while that one is busy (concurrent tasks) borrows another from the pool.
         """
         if lent is not None:
             async with self.transaction(lent) as executor:
                 yield executor
             return
-        with errors.translate_db_errors():
-            async with self._autocommit.connect() as conn:
-                yield conn
+        if self._held_lock is None:
+            self._held_lock = asyncio.Lock()
+        if self._held_lock.locked():
+            with errors.translate_db_errors():
+                async with self._autocommit.connect() as conn:
+                    yield await DriverConnection.wrap(conn)
+            return
+        async with self._held_lock:
+            if self._held is None:
+                with errors.translate_db_errors():
+                    conn = self._autocommit.connect()
+                    await conn.start()
+                    self._held = await DriverConnection.wrap(conn)
+            try:
+                yield self._held
+            except errors.PgqrsError as exc:
+                if isinstance(exc, errors.DatabaseUnavailableError) or self._held.lost:
+                    await self._release_held(invalidate=True)
+                raise
+            except BaseException:
+                # Cancelled mid-statement: the connection's state is unknown; replace it.
+                await self._release_held(invalidate=True)
+                raise
+
+    async def _release_held(self, *, invalidate: bool = False) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            with contextlib.suppress(Exception):
+                if invalidate:
+                    await held.conn.invalidate()
+                await held.conn.close()
 
     async def dispose(self) -> None:
-        """Dispose the engine if pgqrs created it; a host's engine is left alone."""
+        """Return the held connection; dispose the engine if pgqrs created it."""
+        await self._release_held()
         if self.owned:
             with contextlib.suppress(Exception):
                 await self.engine.dispose()

@@ -51,7 +51,7 @@ class ArchiveRepository(Repository):
         """Archived messages, oldest first, filtered as given."""
         stmt = (select(*_a.c).where(*self._where(queue_id, worker_id, dead))
                 .order_by(_a.c.id).limit(limit).offset(offset))
-        return [to_archived(r) for r in await self._execute(executor, stmt)]
+        return [to_archived(r) for r in (await self._execute(executor, stmt)).mappings()]
 
     async def count(self, executor: Executor, *, queue_id: int | None = None,
                     worker_id: int | None = None, dead: bool | None = None) -> int:
@@ -63,7 +63,7 @@ class ArchiveRepository(Repository):
     async def get(self, executor: Executor, archive_id: int) -> ArchivedMessage | None:
         """The archive row with this id, or None."""
         row = (await self._execute(executor, select(*_a.c).where(_a.c.id == archive_id))).first()
-        return to_archived(row) if row is not None else None
+        return to_archived(row._mapping) if row is not None else None
 
     async def delete(self, executor: Executor, archive_id: int) -> bool:
         """Delete one archive row; True if it existed."""

@@ -7,7 +7,8 @@ SQLAlchemy's compiled cache serves them all after first use.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -56,7 +57,8 @@ def _notifying(statement: Any) -> Any:
     folds identical notifications of one transaction into one, so a batch wakes once.
     """
     changed = statement.cte("changed")
-    return select(changed.c.id, func.pg_notify(_CHANNEL, cast(changed.c.queue_id, Text)))
+    return select(changed.c.id,
+                  func.pg_notify(_CHANNEL, cast(changed.c.queue_id, Text)).label("notified"))
 
 
 _ENQUEUE = _notifying(
@@ -163,23 +165,28 @@ _DLQ_ALL = _archive_statement(_DEAD_ANY_QUEUE, dead=True)
 _DLQ_QUEUE = _archive_statement(and_(_DEAD_ANY_QUEUE, _m.c.queue_id == _QUEUE), dead=True)
 
 
-def to_message(row: Any) -> QueueMessage:
-    """Build a ``QueueMessage`` from a ``pgqrs_messages`` row."""
+def _payload(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def to_message(row: Mapping[Any, Any]) -> QueueMessage:
+    """Build a ``QueueMessage`` from a ``pgqrs_messages`` row mapping."""
     return QueueMessage(
-        id=row.id, queue_id=row.queue_id, payload=row.payload, vt=row.vt,
-        enqueued_at=row.enqueued_at, read_ct=row.read_ct, dequeued_at=row.dequeued_at,
-        producer_worker_id=row.producer_worker_id, consumer_worker_id=row.consumer_worker_id,
+        id=row["id"], queue_id=row["queue_id"], payload=_payload(row["payload"]),
+        vt=row["vt"], enqueued_at=row["enqueued_at"], read_ct=row["read_ct"],
+        dequeued_at=row["dequeued_at"], producer_worker_id=row["producer_worker_id"],
+        consumer_worker_id=row["consumer_worker_id"],
     )
 
 
-def to_archived(row: Any) -> ArchivedMessage:
-    """Build an ``ArchivedMessage`` from a ``pgqrs_archive`` row."""
+def to_archived(row: Mapping[Any, Any]) -> ArchivedMessage:
+    """Build an ``ArchivedMessage`` from a ``pgqrs_archive`` row mapping."""
     return ArchivedMessage(
-        id=row.id, original_msg_id=row.original_msg_id, queue_id=row.queue_id,
-        payload=row.payload, enqueued_at=row.enqueued_at, vt=row.vt, read_ct=row.read_ct,
-        archived_at=row.archived_at, dequeued_at=row.dequeued_at,
-        producer_worker_id=row.producer_worker_id, consumer_worker_id=row.consumer_worker_id,
-        dead_letter=row.dead_letter,
+        id=row["id"], original_msg_id=row["original_msg_id"], queue_id=row["queue_id"],
+        payload=_payload(row["payload"]), enqueued_at=row["enqueued_at"], vt=row["vt"],
+        read_ct=row["read_ct"], archived_at=row["archived_at"],
+        dequeued_at=row["dequeued_at"], producer_worker_id=row["producer_worker_id"],
+        consumer_worker_id=row["consumer_worker_id"], dead_letter=row["dead_letter"],
     )
 
 
@@ -187,7 +194,7 @@ def _seconds(value: float | None) -> timedelta:
     return timedelta(seconds=value or 0)
 
 
-_NEXT_DUE = select(func.extract("epoch", func.min(_m.c.vt) - _NOW)).where(
+_NEXT_DUE = select(func.extract("epoch", func.min(_m.c.vt) - _NOW).label("due")).where(
     _m.c.queue_id == _QUEUE, _m.c.read_ct < bindparam("p_max_read_ct"), _m.c.vt > _NOW
 )
 
@@ -202,39 +209,39 @@ class MessageRepository(Repository):
     async def enqueue(self, executor: Executor, *, queue_id: int, payload: str,
                       delay: float | None, worker_id: int | None) -> int:
         """Insert one pre-encoded JSON payload; return its id."""
-        result = await self._execute(executor, _ENQUEUE, {
+        rows = await self._rows(executor, _ENQUEUE, {
             "p_queue_id": queue_id, "p_payload": payload, "p_delay": _seconds(delay),
             "p_worker_id": worker_id, "p_channel": self.channel,
         })
-        return int(result.scalar_one())
+        return int(rows[0]["id"])
 
     async def enqueue_batch(self, executor: Executor, *, queue_id: int,
                             payloads: Sequence[str], delay: float | None,
                             worker_id: int | None) -> builtins.list[int]:
         """Insert many pre-encoded payloads in one statement; ids in input order."""
-        result = await self._execute(executor, _ENQUEUE_BATCH, {
+        rows = await self._rows(executor, _ENQUEUE_BATCH, {
             "p_queue_id": queue_id, "p_payloads": list(payloads), "p_delay": _seconds(delay),
             "p_worker_id": worker_id, "p_channel": self.channel,
         })
         # Ids come from one sequence in ordinality order, so sorting restores input order.
-        return sorted(int(i) for i in result.scalars())
+        return sorted(int(r["id"]) for r in rows)
 
     async def dequeue(self, executor: Executor, *, queue_id: int, worker_id: int, limit: int,
                       lease: float, max_read_ct: int) -> builtins.list[QueueMessage]:
         """Claim up to ``limit`` visible messages for ``worker_id``, oldest first."""
-        result = await self._execute(executor, _DEQUEUE, {
+        rows = await self._rows(executor, _DEQUEUE, {
             "p_queue_id": queue_id, "p_worker_id": worker_id, "p_limit": limit,
             "p_lease": _seconds(lease), "p_max_read_ct": max_read_ct,
         })
-        return sorted((to_message(r) for r in result), key=lambda m: m.id)
+        return sorted((to_message(r) for r in rows), key=lambda m: m.id)
 
     async def seconds_until_due(self, executor: Executor, *, queue_id: int,
                                 max_read_ct: int) -> float | None:
         """Seconds until the next invisible message (delayed or leased) becomes claimable."""
-        result = await self._execute(executor, _NEXT_DUE, {
+        rows = await self._rows(executor, _NEXT_DUE, {
             "p_queue_id": queue_id, "p_max_read_ct": max_read_ct,
         })
-        value = result.scalar()
+        value = rows[0]["due"] if rows else None
         return float(value) if value is not None else None
 
     async def archive(self, executor: Executor, *, worker_id: int | None,
@@ -248,41 +255,41 @@ class MessageRepository(Repository):
             statement = _ARCHIVE_ANY
         else:
             statement = _ARCHIVE_DEAD if dead else _ARCHIVE
-        result = await self._execute(executor, statement, {"p_ids": list(ids),
-                                                           "p_worker_id": worker_id})
-        return {int(i) for i in result.scalars()}
+        rows = await self._rows(executor, statement, {"p_ids": list(ids),
+                                                      "p_worker_id": worker_id})
+        return {int(r["original_msg_id"]) for r in rows}
 
     async def delete(self, executor: Executor, *, worker_id: int | None,
                      ids: Sequence[int]) -> set[int]:
         """Delete messages (only those ``worker_id`` holds, unless it is None)."""
         statement = _DELETE if worker_id is not None else _DELETE_ANY
-        result = await self._execute(executor, statement, {"p_ids": list(ids),
-                                                           "p_worker_id": worker_id})
-        return {int(i) for i in result.scalars()}
+        rows = await self._rows(executor, statement, {"p_ids": list(ids),
+                                                      "p_worker_id": worker_id})
+        return {int(r["id"]) for r in rows}
 
     async def extend(self, executor: Executor, *, worker_id: int, message_id: int,
                      seconds: float) -> bool:
         """Set the lease to end ``seconds`` from now, if this worker holds it."""
-        result = await self._execute(executor, _EXTEND, {
+        rows = await self._rows(executor, _EXTEND, {
             "p_id": message_id, "p_worker_id": worker_id, "p_lease": _seconds(seconds),
         })
-        return result.first() is not None
+        return bool(rows)
 
     async def release(self, executor: Executor, *, worker_id: int, ids: Sequence[int],
                       delay: float | None) -> int:
         """Give held messages back, visible again after ``delay``; return how many."""
-        result = await self._execute(executor, _RELEASE, {
+        rows = await self._rows(executor, _RELEASE, {
             "p_ids": list(ids), "p_worker_id": worker_id, "p_delay": _seconds(delay),
             "p_channel": self.channel,
         })
-        return len(result.all())
+        return len(rows)
 
     async def release_worker(self, executor: Executor, worker_id: int) -> int:
         """Release everything ``worker_id`` holds, visible at once; return how many."""
-        result = await self._execute(executor, _RELEASE_WORKER, {
+        rows = await self._rows(executor, _RELEASE_WORKER, {
             "p_worker_id": worker_id, "p_channel": self.channel,
         })
-        return len(result.all())
+        return len(rows)
 
     async def move_dead_letters(self, executor: Executor, *, queue_id: int | None,
                                 max_read_ct: int) -> builtins.list[int]:
@@ -300,7 +307,7 @@ class MessageRepository(Repository):
         row = (await self._execute(
             executor, select(*_m.c).where(_m.c.id == message_id)
         )).first()
-        return to_message(row) if row is not None else None
+        return to_message(row._mapping) if row is not None else None
 
     def _filtered(self, queue_id: int | None, worker_id: int | None) -> builtins.list[Any]:
         where: builtins.list[Any] = []
@@ -316,7 +323,7 @@ class MessageRepository(Repository):
         """Live messages, oldest first, optionally by queue and/or holding worker."""
         stmt = (select(*_m.c).where(*self._filtered(queue_id, worker_id))
                 .order_by(_m.c.id).limit(limit).offset(offset))
-        return [to_message(r) for r in await self._execute(executor, stmt)]
+        return [to_message(r) for r in (await self._execute(executor, stmt)).mappings()]
 
     async def count(self, executor: Executor, *, queue_id: int | None = None,
                     worker_id: int | None = None) -> int:

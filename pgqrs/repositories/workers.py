@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -69,12 +69,12 @@ _HEARTBEAT = (
 )
 
 
-def to_worker(row: Any) -> WorkerInfo:
-    """Build a ``WorkerInfo`` from a ``pgqrs_workers`` row."""
+def to_worker(row: Mapping[Any, Any]) -> WorkerInfo:
+    """Build a ``WorkerInfo`` from a ``pgqrs_workers`` row mapping."""
     return WorkerInfo(
-        id=row.id, hostname=row.hostname, port=row.port, queue_id=row.queue_id,
-        started_at=row.started_at, heartbeat_at=row.heartbeat_at, shutdown_at=row.shutdown_at,
-        status=WorkerStatus(row.status),
+        id=row["id"], hostname=row["hostname"], port=row["port"], queue_id=row["queue_id"],
+        started_at=row["started_at"], heartbeat_at=row["heartbeat_at"],
+        shutdown_at=row["shutdown_at"], status=WorkerStatus(row["status"]),
     )
 
 
@@ -108,11 +108,11 @@ class WorkerRepository(Repository):
             WorkerNotFoundError: the row was deleted.
             StateError: another process took the row over (same hostname and port).
         """
-        status = (await self._execute(executor, _HEARTBEAT, {
+        rows = await self._rows(executor, _HEARTBEAT, {
             "p_id": worker_id, "p_started": started_at,
-        })).scalar()
-        if status is not None:
-            return WorkerStatus(status)
+        })
+        if rows:
+            return WorkerStatus(rows[0]["status"])
         if await self.get(executor, worker_id) is None:
             raise errors.WorkerNotFoundError(worker_id)
         raise errors.StateError(
@@ -130,7 +130,7 @@ class WorkerRepository(Repository):
     async def get(self, executor: Executor, worker_id: int) -> WorkerInfo | None:
         """The worker with this id, or None."""
         row = (await self._execute(executor, select(*_w.c).where(_w.c.id == worker_id))).first()
-        return to_worker(row) if row is not None else None
+        return to_worker(row._mapping) if row is not None else None
 
     async def transition(self, executor: Executor, worker_id: int, *,
                          allowed_from: Sequence[WorkerStatus],
@@ -161,7 +161,7 @@ class WorkerRepository(Repository):
         stmt = select(*_w.c).order_by(_w.c.id).limit(limit).offset(offset)
         if queue_id is not None:
             stmt = stmt.where(_w.c.queue_id == queue_id)
-        return [to_worker(r) for r in await self._execute(executor, stmt)]
+        return [to_worker(r) for r in (await self._execute(executor, stmt)).mappings()]
 
     async def count(self, executor: Executor, *, queue_id: int | None = None) -> int:
         """Number of workers, optionally of one queue."""
