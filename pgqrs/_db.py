@@ -23,8 +23,8 @@ from pgqrs.repositories import Executor
 from pgqrs.settings import Settings
 
 
-def raw_connector(dsn: str, settings: Settings) -> Callable[[], Awaitable[asyncpg.Connection]]:
-    """A function opening one plain asyncpg connection to ``dsn`` with pgqrs's options."""
+def _connector(dsn: str, settings: Settings) -> Callable[[], Awaitable[asyncpg.Connection]]:
+    """A function opening one asyncpg connection to ``dsn`` with pgqrs's options."""
     parsed = _dsn.parse(dsn)
     connect_timeout = parsed.connect_timeout or settings.connect_timeout
 
@@ -50,7 +50,7 @@ def create_engine(dsn: str, settings: Settings, *, pooled: bool = True) -> Async
     Raises:
         ConfigurationError: the DSN is not a PostgreSQL URL.
     """
-    connect = raw_connector(dsn, settings)
+    connect = _connector(dsn, settings)
     connect_timeout = _dsn.parse(dsn).connect_timeout or settings.connect_timeout
 
     def creator() -> Any:
@@ -111,7 +111,6 @@ class Database:
         if isinstance(target, AsyncEngine):
             self.engine = target
             self.owned = False
-            self.raw_connect = _host_connector(target, settings)
             self.identity = target.url.render_as_string(hide_password=False)
         elif isinstance(target, Engine):
             raise errors.ConfigurationError(
@@ -121,7 +120,6 @@ class Database:
         elif isinstance(target, str):
             self.engine = create_engine(target, settings, pooled=pooled)
             self.owned = True
-            self.raw_connect = raw_connector(target, settings)
             self.identity = _dsn.parse(target).libpq_url
         else:
             raise errors.ConfigurationError(
@@ -166,7 +164,9 @@ class Database:
         connection checked out for these calls (no pool round trip per call); a call made
         while that one is busy (concurrent tasks) borrows another from the pool.
         """
-        if lent is not None:
+        if lent is not None or self.settings.pgbouncer:
+            # Behind pgbouncer's transaction pooling, a statement's protocol messages must
+            # stay inside one transaction to stay on one server connection.
             async with self.transaction(lent) as executor:
                 yield executor
             return
@@ -178,6 +178,10 @@ class Database:
                     yield await DriverConnection.wrap(conn)
             return
         async with self._held_lock:
+            if self._held is not None and self._held.lost:
+                # Closed while idle (server restart, idle timeout): reconnect before use,
+                # a free "pre-ping" since the driver already noticed.
+                await self._release_held(invalidate=True)
             if self._held is None:
                 with errors.translate_db_errors():
                     conn = self._autocommit.connect()
@@ -202,6 +206,17 @@ class Database:
                     await held.conn.invalidate()
                 await held.conn.close()
 
+    async def detached_driver_connection(self) -> Any:
+        """A connection taken out of the engine's pool for good (pgqrs closes it itself).
+
+        Used for LISTEN: it keeps every connect option of the engine (SSL, creators, ...)
+        and, once detached, no longer counts against the pool.
+        """
+        pooled = await self.engine.raw_connection()
+        driver = pooled.driver_connection  # read it first: detaching drops the record
+        pooled.detach()
+        return driver
+
     async def dispose(self) -> None:
         """Return the held connection; dispose the engine if pgqrs created it."""
         await self._release_held()
@@ -209,17 +224,3 @@ class Database:
             with contextlib.suppress(Exception):
                 await self.engine.dispose()
 
-
-def _host_connector(engine: AsyncEngine,
-                    settings: Settings) -> Callable[[], Awaitable[asyncpg.Connection]]:
-    """Open a plain asyncpg connection with a host engine's URL (for LISTEN)."""
-    url = engine.url
-
-    async def connect() -> asyncpg.Connection:
-        host = url.query.get("host") or url.host
-        return await asyncpg.connect(
-            user=url.username, password=url.password, host=host, port=url.port,
-            database=url.database, timeout=settings.connect_timeout,
-        )
-
-    return connect

@@ -84,12 +84,16 @@ class Listener:
         return subscription
 
     async def _open(self) -> None:
+        conn = None
         try:
             conn = await self._connect()
             await conn.add_listener(self.channel, self._notified)
             conn.add_termination_listener(self._terminated)
         except Exception as exc:  # any failure means: poll instead
-            log.debug("pgqrs LISTEN unavailable, polling instead: %s", exc)
+            log.info("pgqrs LISTEN unavailable (%s); waiting consumers poll instead", exc)
+            if conn is not None and hasattr(conn, "close"):
+                with contextlib.suppress(Exception):
+                    await conn.close()
             self._conn = None
             return
         self._conn = conn

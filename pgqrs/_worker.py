@@ -76,7 +76,8 @@ class WorkerClient:
         if self._worker_id is not None:
             return self._worker_id
         if self._closed:
-            raise errors.StateError(str(_STOPPED), str(_READY), "this client was closed")
+            raise errors.StateError.refused(str(_STOPPED), "register",
+                                            "this client was closed; create a new one")
         if self._register_lock is None:
             self._register_lock = asyncio.Lock()
         async with self._register_lock:
@@ -94,25 +95,25 @@ class WorkerClient:
         assert self._worker_id is not None
         return self._worker_id
 
-    async def _ids(self, *allowed: WorkerStatus) -> tuple[int, int]:
+    async def _ids(self, operation: str, *allowed: WorkerStatus) -> tuple[int, int]:
         """Register if needed, check the local status; return (worker_id, queue_id)."""
         worker_id = await self.register()
         assert self._queue_id is not None and self._status is not None
         if self._replaced:
-            raise errors.StateError(str(_STOPPED), str(_READY),
-                                    f"worker {worker_id} was taken over by another process")
+            raise errors.StateError.refused(
+                str(_STOPPED), operation,
+                f"worker {worker_id} was taken over by another process with the same "
+                "hostname and port")
         if self._status not in allowed and not self._closed:
             # The cached status may lag an operator's change (pgqrs worker resume): ask the
             # database before refusing. The happy path costs nothing extra.
             await self.status()
         if self._status not in allowed:
-            raise errors.StateError(
-                str(self._status), str(_READY),
-                f"{type(self).__name__} for queue {self.queue_name!r} is {self._status}; "
-                "call resume() first" if self._status is _SUSPENDED else
-                f"{type(self).__name__} for queue {self.queue_name!r} was shut down; "
-                "create a new one",
-            )
+            hint = ("call resume() first" if self._status is _SUSPENDED else
+                    "it was shut down; create a new one")
+            raise errors.StateError.refused(
+                str(self._status), operation,
+                f"{type(self).__name__} for queue {self.queue_name!r}: {hint}")
         return worker_id, self._queue_id
 
     async def _heartbeat_loop(self) -> None:

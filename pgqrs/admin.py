@@ -31,8 +31,7 @@ from pgqrs.types import (
 class Admin:
     """Installs the schema and administers queues, workers, metrics and dead letters.
 
-    Example::
-
+    Example:
         async with Admin("postgresql://localhost/mydb") as admin:
             await admin.install()
             await admin.create_queue("tasks")

@@ -242,10 +242,11 @@ async def _cmd_worker(args: argparse.Namespace, dsn: str) -> Any:
             return await (await admin.get_workers()).list(queue=args.queue)
         if action == "get":
             return await admin.get_worker(args.id)
+        stale = getattr(args, "stale_after", None) or admin.settings.stale_threshold
         if action == "stats":
-            return await admin.worker_health_stats(args.stale_after, group_by_queue=True)
+            return await admin.worker_health_stats(stale, group_by_queue=True)
         if action == "health":
-            return await admin.worker_health_stats(args.stale_after)
+            return await admin.worker_health_stats(stale)
         if action in ("suspend", "resume", "stop"):
             status = {"suspend": WorkerStatus.SUSPENDED, "resume": WorkerStatus.READY,
                       "stop": WorkerStatus.STOPPED}[action]
@@ -383,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
         add(worker, name, _cmd_worker, text).add_argument("id", type=int)
     for name, text in (("stats", "worker counts per queue"), ("health", "worker counts")):
         add(worker, name, _cmd_worker, text).add_argument(
-            "--stale-after", type=duration, default=60.0, help="silence that counts as stale")
+            "--stale-after", type=duration, default=None,
+            help="silence that counts as stale (default: 3 heartbeat intervals)")
     add(worker, "purge", _cmd_worker, "delete old stopped workers").add_argument(
         "--older-than", type=duration, default=7 * 86400.0)
 
@@ -430,6 +432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pgqrs: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _closed_pipe()
     except Exception as exc:
         if args.verbose:
             import traceback
@@ -440,7 +444,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pgqrs: error: {message}", file=sys.stderr)
         return 1
     if result is not None and not (args.quiet and args.format == "table"):
-        render(result, args.format)
+        try:
+            render(result, args.format)
+            sys.stdout.flush()
+        except BrokenPipeError:  # e.g. `pgqrs ... | head`
+            return _closed_pipe()
+    return 0
+
+
+def _closed_pipe() -> int:
+    # Point stdout at devnull so the interpreter's final flush does not fail again.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
     return 0
 
 

@@ -23,6 +23,8 @@ Handler = Callable[[QueueMessage], Awaitable[object]]
 _READY_ONLY = (WorkerStatus.READY,)
 _IDLE_WAIT = 60.0
 """How long one idle wait of the consume loop lasts before it starts another."""
+_MAX_RETRY_DELAY = 30.0
+"""Longest pause of the consume loop between attempts while the database is away."""
 _LISTEN_RECHECK = 5.0
 """Seconds between safety re-checks while LISTEN is active (notifications do the work)."""
 _LIVE = (WorkerStatus.READY, WorkerStatus.SUSPENDED)
@@ -37,8 +39,7 @@ class Consumer(WorkerClient):
     letter: never delivered again until ``Admin.dlq()`` archives it and
     ``Admin.replay_dlq()`` puts it back.
 
-    Example::
-
+    Example:
         async with Consumer(dsn, "tasks", "worker-1", 4000) as consumer:
             for message in await consumer.dequeue(limit=10):
                 await handle(message.payload)
@@ -92,7 +93,7 @@ class Consumer(WorkerClient):
                      stop: asyncio.Event | None = None,
                      poll: float | None = None) -> list[QueueMessage]:
         """Claim now; if nothing is there and ``wait`` > 0, wait for a wake-up and retry."""
-        worker_id, queue_id = await self._ids(*_READY_ONLY)
+        worker_id, queue_id = await self._ids("dequeue", *_READY_ONLY)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:
@@ -108,9 +109,7 @@ class Consumer(WorkerClient):
                 if (messages or subscription is None or remaining <= 0
                         or (stop is not None and stop.is_set())):
                     return messages
-                async with self._db.statement() as conn:
-                    due = await self._messages.seconds_until_due(
-                        conn, queue_id=queue_id, max_read_ct=self.max_read_ct)
+                due = await self._seconds_until_due()
                 recheck = (_LISTEN_RECHECK if subscription.listening
                            else poll or self.poll_interval)
                 timeout = min(remaining, recheck, due if due is not None else recheck)
@@ -125,7 +124,8 @@ class Consumer(WorkerClient):
         if self._listener is None:
             self._listener_loop = id(asyncio.get_running_loop())
             self._listener = _notify.acquire(self._listener_loop, self._db.identity,
-                                             self._messages.channel, self._db.raw_connect)
+                                             self._messages.channel,
+                                             self._db.detached_driver_connection)
         return await self._listener.subscribe(queue_id)
 
     async def close(self, *, release_held: bool = True) -> None:
@@ -150,7 +150,7 @@ class Consumer(WorkerClient):
         ids = _validation.message_ids(message_ids)
         if not ids:
             return []
-        worker_id, _ = await self._ids(*_LIVE)
+        worker_id, _ = await self._ids("acknowledge messages", *_LIVE)
         async with self._db.statement() as conn:
             done = await self._messages.archive(conn, worker_id=worker_id, ids=ids, dead=True)
         return [i in done for i in ids]
@@ -164,7 +164,7 @@ class Consumer(WorkerClient):
         ids = _validation.message_ids(message_ids)
         if not ids:
             return []
-        worker_id, _ = await self._ids(*_LIVE)
+        worker_id, _ = await self._ids("acknowledge messages", *_LIVE)
         async with self._db.statement() as conn:
             done = await self._messages.archive(conn, worker_id=worker_id, ids=ids)
         return [i in done for i in ids]
@@ -178,7 +178,7 @@ class Consumer(WorkerClient):
         ids = _validation.message_ids(message_ids)
         if not ids:
             return []
-        worker_id, _ = await self._ids(*_LIVE)
+        worker_id, _ = await self._ids("acknowledge messages", *_LIVE)
         async with self._db.statement() as conn:
             done = await self._messages.delete(conn, worker_id=worker_id, ids=ids)
         return [i in done for i in ids]
@@ -187,7 +187,7 @@ class Consumer(WorkerClient):
         """Make the lease end ``seconds`` from now; False if this consumer lost the message."""
         (mid,) = _validation.message_ids([message_id])
         lease = _validation.seconds("seconds", seconds, allow_zero=False)
-        worker_id, _ = await self._ids(*_LIVE)
+        worker_id, _ = await self._ids("extend a lease", *_LIVE)
         async with self._db.statement() as conn:
             return await self._messages.extend(conn, worker_id=worker_id, message_id=mid,
                                                seconds=lease)
@@ -203,10 +203,17 @@ class Consumer(WorkerClient):
         seconds = _validation.seconds("delay", delay) if delay is not None else None
         if not ids:
             return 0
-        worker_id, _ = await self._ids(*_LIVE)
+        worker_id, _ = await self._ids("release messages", *_LIVE)
         async with self._db.statement() as conn:
             return await self._messages.release(conn, worker_id=worker_id, ids=ids,
                                                 delay=seconds)
+
+    async def _seconds_until_due(self) -> float | None:
+        """Seconds until a delayed or leased message of this queue becomes claimable."""
+        _, queue_id = await self._ids("dequeue", *_LIVE)
+        async with self._db.statement() as conn:
+            return await self._messages.seconds_until_due(conn, queue_id=queue_id,
+                                                          max_read_ct=self.max_read_ct)
 
     async def held_count(self) -> int:
         """How many messages this consumer currently holds."""
@@ -234,8 +241,7 @@ class Consumer(WorkerClient):
                        poll_interval: float | None = None) -> AsyncIterator[QueueMessage]:
         """Yield claimed messages forever (waiting on NOTIFY when idle); you ack each one.
 
-        Example::
-
+        Example:
             async for message in consumer.messages():
                 await handle(message.payload)
                 await consumer.archive(message.id)
@@ -283,7 +289,8 @@ class Consumer(WorkerClient):
             backoff_max: longest retry delay in seconds.
             grace_period: seconds in-flight handlers get to finish when stopping.
             stop: an event that stops the loop when set.
-            stop_when_idle: return once the queue is empty and nothing is in flight.
+            stop_when_idle: return once nothing is left that could still be delivered to
+                this consumer (no visible, delayed or leased messages; dead letters aside).
             handle_signals: stop gracefully on SIGTERM and SIGINT (main thread only).
         """
         loop = _ConsumeLoop(self, handler, batch_size=batch_size, concurrency=concurrency,
@@ -333,31 +340,75 @@ class _ConsumeLoop:
         return self.succeeded
 
     async def _claim_loop(self) -> None:
+        failures = 0
         while not self.stop.is_set():
             capacity = self.concurrency - len(self.in_flight)
             if capacity <= 0:
                 await asyncio.wait(list(self.in_flight), return_when=asyncio.FIRST_COMPLETED)
                 await self._flush()
                 continue
-            limit = min(self.batch_size, capacity)
-            batch = await self.consumer._claim(limit, self.consumer.visibility_timeout, 0)
-            if not batch:
-                await self._flush()
-                if self.in_flight:
-                    await asyncio.wait(list(self.in_flight), timeout=self.poll,
-                                       return_when=asyncio.FIRST_COMPLETED)
-                    continue
-                if self.stop_when_idle:
+            try:
+                batch = await self._next_batch(min(self.batch_size, capacity))
+                failures = 0
+            except errors.StateError:
+                # Suspended from outside: pause until resumed; stopped or replaced: end.
+                if not await self._paused():
                     return
-                # Idle: block until NOTIFY (or polling, or the next due message) or stop.
-                batch = await self.consumer._claim(limit, self.consumer.visibility_timeout,
-                                                   _IDLE_WAIT, self.stop, self.poll)
+                continue
+            except errors.DatabaseError as exc:
+                # The database is away (restart, failover): keep the loop alive and retry.
+                failures += 1
+                delay = min(self.poll * 2 ** (failures - 1), _MAX_RETRY_DELAY)
+                log.warning("pgqrs consume: %s; retrying in %.1fs", exc, delay)
+                await self._sleep(delay)
+                continue
+            if batch is None:
+                return
             for message in batch:
                 task = asyncio.create_task(self._process(message))
                 self.in_flight[task] = message
                 task.add_done_callback(self._forget)
             if len(self.acks) >= self.batch_size:
                 await self._flush()
+
+    async def _next_batch(self, limit: int) -> list[QueueMessage] | None:
+        """Claim what is there now, else wait; None once idle with ``stop_when_idle``."""
+        consumer, lease = self.consumer, self.consumer.visibility_timeout
+        batch = await consumer._claim(limit, lease, 0)
+        if batch:
+            return batch
+        await self._flush()
+        if self.in_flight:
+            await asyncio.wait(list(self.in_flight), timeout=self.poll,
+                               return_when=asyncio.FIRST_COMPLETED)
+            return []
+        wait = _IDLE_WAIT
+        if self.stop_when_idle:
+            # Idle means nothing left that could still come to us: retries waiting out
+            # their backoff and leases running elsewhere count as work still to do.
+            due = await consumer._seconds_until_due()
+            if due is None:
+                return None
+            wait = due + self.poll
+        # Block until NOTIFY (or polling, or the next due message) or stop.
+        return await consumer._claim(limit, lease, wait, self.stop, self.poll)
+
+    async def _paused(self) -> bool:
+        """Wait while the worker is suspended; False once it is stopped or replaced."""
+        if self.consumer._replaced:
+            return False
+        try:
+            status = await self.consumer.status()
+        except errors.DatabaseError:
+            status = WorkerStatus.SUSPENDED  # can't tell yet: look again after a pause
+        if status is WorkerStatus.STOPPED:
+            return False
+        await self._sleep(self.poll)
+        return True
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), seconds)
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         self.in_flight.pop(task, None)
@@ -407,9 +458,11 @@ class _ConsumeLoop:
         ids, self.acks = self.acks, []
         try:
             await self.consumer.archive_batch(ids)
-        except errors.PgqrsError as exc:
-            log.warning("pgqrs could not archive %d message(s), they will be redelivered: %s",
-                        len(ids), exc)
+        except errors.DatabaseError as exc:
+            # Keep them for the next flush; if the leases run out first, the fence refuses
+            # the late ack and the messages are redelivered (at least once).
+            self.acks[:0] = ids
+            log.warning("pgqrs could not archive %d message(s) yet: %s", len(ids), exc)
 
     async def _drain(self) -> None:
         if self.in_flight:

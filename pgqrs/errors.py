@@ -1,21 +1,21 @@
 """Exceptions raised by pgqrs, and the one place database errors are translated.
 
-::
-
-    PgqrsError(RuntimeError)
-    ├── ConfigurationError
-    ├── ValidationError
-    ├── SchemaError
-    │   ├── SchemaNotInstalledError
-    │   └── SchemaVersionMismatchError
-    ├── QueueNotFoundError
-    ├── QueueAlreadyExistsError
-    ├── QueueInUseError
-    ├── WorkerNotFoundError
-    ├── WorkerAlreadyExistsError
-    ├── StateError
-    └── DatabaseError
-        └── DatabaseUnavailableError (also a builtin ConnectionError)
+```text
+PgqrsError(RuntimeError)
+├── ConfigurationError
+├── ValidationError
+├── SchemaError
+│   ├── SchemaNotInstalledError
+│   └── SchemaVersionMismatchError
+├── QueueNotFoundError
+├── QueueAlreadyExistsError
+├── QueueInUseError
+├── WorkerNotFoundError
+├── WorkerAlreadyExistsError
+├── StateError
+└── DatabaseError
+    └── DatabaseUnavailableError (also a builtin ConnectionError)
+```
 
 ``PgqrsError`` subclasses ``RuntimeError`` so that code written against the original
 pgqrs bindings (``except RuntimeError``) keeps working.
@@ -106,17 +106,30 @@ class WorkerAlreadyExistsError(PgqrsError):
         self.port = port
         super().__init__(
             f"A live worker is already registered as ({hostname!r}, {port}); use another "
-            "hostname/port, shut the other worker down, or wait until its heartbeat goes stale"
+            "hostname/port, or stop the other one (`pgqrs worker stop <id>`). If it crashed, "
+            "its row is taken over once its heartbeat is stale (3 heartbeat intervals, "
+            "15 s by default)"
         )
 
 
 class StateError(PgqrsError):
-    """An operation is not allowed in the worker's current state."""
+    """An operation or transition is not allowed in the worker's current state.
 
-    def __init__(self, from_status: str, to_status: str, why: str) -> None:
+    ``from_status`` is the worker's status; ``to_status`` the status asked for, or, for a
+    refused operation (``StateError.refused``), the operation's name.
+    """
+
+    def __init__(self, from_status: str, to_status: str, why: str, *,
+                 message: str | None = None) -> None:
         self.from_status = from_status
         self.to_status = to_status
-        super().__init__(f"Cannot go from {from_status!r} to {to_status!r}: {why}")
+        super().__init__(message or f"Cannot go from {from_status!r} to {to_status!r}: {why}")
+
+    @classmethod
+    def refused(cls, status: str, operation: str, why: str) -> StateError:
+        """A refusal of ``operation`` (not a transition) while the worker is ``status``."""
+        return cls(status, operation, why,
+                   message=f"Cannot {operation} while the worker is {status!r}: {why}")
 
 
 class DatabaseError(PgqrsError):

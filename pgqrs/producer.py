@@ -20,8 +20,7 @@ class Producer(WorkerClient):
     Construction does no I/O; the worker row is registered on first use. Use it as an
     async context manager, or call ``close()`` when done.
 
-    Example::
-
+    Example:
         async with Producer(dsn, "tasks", "api-server", 8000) as producer:
             message_id = await producer.enqueue({"action": "send_email"})
 
@@ -65,7 +64,7 @@ class Producer(WorkerClient):
         encoded = self._encode(payload)
         seconds = _validation.seconds("delay", delay) if delay is not None else None
         lent = _validation.lent(session, connection)
-        worker_id, queue_id = await self._ids(*_CAN_ENQUEUE)
+        worker_id, queue_id = await self._ids("enqueue", *_CAN_ENQUEUE)
         if self._bucket is not None:
             await self._bucket.acquire()
         async with self._db.statement(lent) as conn:
@@ -92,7 +91,7 @@ class Producer(WorkerClient):
         lent = _validation.lent(session, connection)
         if not encoded:
             return []
-        worker_id, queue_id = await self._ids(*_CAN_ENQUEUE)
+        worker_id, queue_id = await self._ids("enqueue", *_CAN_ENQUEUE)
         if self._bucket is not None:
             await self._bucket.acquire(len(encoded))
         async with self._db.statement(lent) as conn:

@@ -6,8 +6,7 @@ methods are coroutines that only ever await ``executor.execute``; here that call
 answered synchronously by the lent connection, so each coroutine runs to completion in
 one step without an event loop (and works inside threads of a sync web server).
 
-Example::
-
+Example:
     from sqlalchemy import create_engine
     from sqlalchemy.orm import Session
     import pgqrs.sync
@@ -159,7 +158,11 @@ class Producer(_Base):
             with self._transaction() as executor:
                 status = _run(self._workers.heartbeat(executor, self._ids[0], self._token))
             if status == "stopped":
-                raise errors.StateError("stopped", "ready", "this producer was shut down")
+                # Marked stopped while idle (sync code has no background heartbeat, so a
+                # reclaim may take it for dead): a producer holds no leases, so take the
+                # row back rather than fail.
+                self._ids = None
+                return self._worker()
             self._last_beat = now
         return self._ids
 

@@ -63,6 +63,8 @@ class Repository:
         self.schema = schema
         # Per statement, never on the engine or a lent session (it must stay untouched).
         self._options: Mapping[str, Any] = {"schema_translate_map": {None: schema}}
+        self.channel = f"pgqrs_{schema}"
+        """The NOTIFY channel of this schema (see ``_notify``)."""
         # Keyed by the statement object itself (module constants), never by id().
         self._compiled: dict[Executable, _Compiled] = {}
 

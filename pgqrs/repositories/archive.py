@@ -9,7 +9,7 @@ from sqlalchemy import bindparam, delete, func, insert, select
 
 from pgqrs.models import archive_table, messages_table
 from pgqrs.repositories._base import Executor, Repository
-from pgqrs.repositories.messages import to_archived
+from pgqrs.repositories.messages import notifying, to_archived
 from pgqrs.types import ArchivedMessage
 
 _a = archive_table
@@ -21,13 +21,13 @@ _replayed = (
     .returning(_a.c.queue_id, _a.c.payload, _a.c.producer_worker_id)
     .cte("replayed")
 )
-_REPLAY = (
+_REPLAY = notifying(
     insert(_m)
     .from_select(
         ["queue_id", "payload", "producer_worker_id"],
         select(_replayed.c.queue_id, _replayed.c.payload, _replayed.c.producer_worker_id),
     )
-    .returning(_m.c.id)
+    .returning(_m.c.id, _m.c.queue_id)
 )
 
 
@@ -81,9 +81,9 @@ class ArchiveRepository(Repository):
 
     async def replay(self, executor: Executor, archive_id: int) -> int | None:
         """Put a dead letter back on its queue as a fresh message; its new id, or None."""
-        result = await self._execute(executor, _REPLAY, {"p_id": archive_id})
-        new_id = result.scalar_one_or_none()
-        return int(new_id) if new_id is not None else None
+        rows = await self._rows(executor, _REPLAY, {"p_id": archive_id,
+                                                    "p_channel": self.channel})
+        return int(rows[0]["id"]) if rows else None
 
     async def counts_by_queue(self, executor: Executor) -> dict[int, int]:
         """Archived rows per queue id."""

@@ -49,7 +49,7 @@ _DELAY = bindparam("p_delay", type_=Interval)
 _CHANNEL = bindparam("p_channel", type_=Text)
 
 
-def _notifying(statement: Any) -> Any:
+def notifying(statement: Any) -> Any:
     """Wrap a DML ... RETURNING id, queue_id so it also NOTIFYs each queue's channel.
 
     Used where messages become claimable now (enqueue, release). The notification is part
@@ -61,7 +61,7 @@ def _notifying(statement: Any) -> Any:
                   func.pg_notify(_CHANNEL, cast(changed.c.queue_id, Text)).label("notified"))
 
 
-_ENQUEUE = _notifying(
+_ENQUEUE = notifying(
     insert(_m)
     .values(
         queue_id=_QUEUE,
@@ -77,7 +77,7 @@ _batch = (
     .table_valued("payload", with_ordinality="ord")
     .render_derived()
 )
-_ENQUEUE_BATCH = _notifying(
+_ENQUEUE_BATCH = notifying(
     insert(_m)
     .from_select(
         ["queue_id", "payload", "vt", "producer_worker_id"],
@@ -126,13 +126,13 @@ _EXTEND = (
     .values(vt=_NOW + bindparam("p_lease", type_=Interval))
     .returning(_m.c.id)
 )
-_RELEASE = _notifying(
+_RELEASE = notifying(
     update(_m)
     .where(_OWNED)
     .values(vt=_NOW + _DELAY, consumer_worker_id=None)
     .returning(_m.c.id, _m.c.queue_id)
 )
-_RELEASE_WORKER = _notifying(
+_RELEASE_WORKER = notifying(
     update(_m)
     .where(_m.c.consumer_worker_id == _WORKER)
     .values(vt=_NOW, consumer_worker_id=None)
@@ -201,10 +201,6 @@ _NEXT_DUE = select(func.extract("epoch", func.min(_m.c.vt) - _NOW).label("due"))
 
 class MessageRepository(Repository):
     """Live messages: enqueue, claim, ack (archive/delete), extend, release, counts."""
-
-    def __init__(self, schema: str) -> None:
-        super().__init__(schema)
-        self.channel = f"pgqrs_{schema}"
 
     async def enqueue(self, executor: Executor, *, queue_id: int, payload: str,
                       delay: float | None, worker_id: int | None) -> int:

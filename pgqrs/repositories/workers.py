@@ -115,9 +115,9 @@ class WorkerRepository(Repository):
             return WorkerStatus(rows[0]["status"])
         if await self.get(executor, worker_id) is None:
             raise errors.WorkerNotFoundError(worker_id)
-        raise errors.StateError(
-            "ready", "ready", f"worker {worker_id} was taken over by another process with the "
-            "same hostname and port (this one looked dead); stop using this client")
+        raise errors.StateError.refused(
+            "stopped", "heartbeat", f"worker {worker_id} was taken over by another process "
+            "with the same hostname and port (this one looked dead); stop using this client")
 
     async def is_healthy(self, executor: Executor, worker_id: int, *, max_age: float) -> bool:
         """True if the worker is not stopped and beat within ``max_age`` seconds (DB clock)."""
