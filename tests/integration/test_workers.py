@@ -294,3 +294,68 @@ async def test_a_replaced_worker_learns_it_and_stops(dsn: str, queue: str) -> No
             await old.dequeue()
         assert await new.status() is WorkerStatus.READY
     await old._db.dispose()
+
+
+async def test_consume_pauses_while_suspended_from_outside(dsn: str, queue: str) -> None:
+    seen: list[int] = []
+
+    async def handler(message: QueueMessage) -> None:
+        seen.append(message.payload["i"])
+
+    async with (Producer(dsn, queue, "p", 1) as producer,
+                Consumer(dsn, queue, "c", 2, poll_interval=0.05) as consumer,
+                Admin(dsn) as admin):
+        stop = asyncio.Event()
+        loop = asyncio.create_task(consumer.consume(handler, stop=stop))
+        await producer.enqueue({"i": 1})
+        while seen != [1]:
+            await asyncio.sleep(0.02)
+        worker_id = consumer.worker_id
+        assert worker_id is not None
+        await admin.set_worker_status(worker_id, WorkerStatus.SUSPENDED)
+        await producer.enqueue({"i": 2})
+        await asyncio.sleep(0.5)
+        assert seen == [1] and not loop.done()  # paused, not dead
+        await admin.set_worker_status(worker_id, WorkerStatus.READY)
+        while seen != [1, 2]:
+            await asyncio.sleep(0.02)
+        stop.set()
+        assert await asyncio.wait_for(loop, 10) == 2
+
+
+async def test_consume_rides_out_killed_connections(dsn: str, queue: str) -> None:
+    seen: list[int] = []
+
+    async def handler(message: QueueMessage) -> None:
+        seen.append(message.payload["i"])
+
+    async with (Producer(dsn, queue, "p", 1) as producer,
+                Consumer(dsn, queue, "c", 2, poll_interval=0.05) as consumer):
+        stop = asyncio.Event()
+        loop = asyncio.create_task(consumer.consume(handler, stop=stop))
+        await producer.enqueue({"i": 1})
+        while len(seen) < 1:
+            await asyncio.sleep(0.02)
+        await sql(dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        for i in range(2, 6):
+            await producer.enqueue({"i": i})  # the producer's held connection died too
+        async with asyncio.timeout(20):
+            while sorted(seen) != [1, 2, 3, 4, 5]:
+                await asyncio.sleep(0.05)
+        stop.set()
+        assert await asyncio.wait_for(loop, 10) == 5  # the loop never died
+
+
+async def test_stop_when_idle_waits_for_scheduled_retries(dsn: str, queue: str) -> None:
+    async with Producer(dsn, queue, "p", 1) as producer:
+        await producer.enqueue_batch([{"i": i} for i in range(3)])
+
+    async def handler(message: QueueMessage) -> None:
+        if message.read_ct == 1:
+            raise RuntimeError("first attempt fails")
+
+    async with Consumer(dsn, queue, "c", 2) as consumer:
+        done = await consumer.consume(handler, backoff_base=0.3, poll_interval=0.05,
+                                      stop_when_idle=True)
+    assert done == 3
