@@ -11,7 +11,6 @@ from typing import Any, TypeVar
 from pgqrs import errors
 from pgqrs.models import QUEUE_NAME_MAX_LENGTH
 
-_JSON_SCALARS = (str, int, float, bool, type(None))
 S = TypeVar("S")
 C = TypeVar("C")
 
@@ -54,13 +53,17 @@ def encode_payload(payload: object, *, max_bytes: int, max_depth: int) -> str:
         raise errors.ValidationError(
             f"Payload must be a dict, got {type(payload).__name__}"
         )
-    _check(payload, depth=1, max_depth=max_depth, path="payload")
+    _check(payload, max_depth)
     try:
         encoded = json.dumps(payload, allow_nan=False, separators=(",", ":"),
                              ensure_ascii=False)
     except ValueError as exc:
         raise errors.ValidationError(
             f"Payload is not valid JSON: {exc} (NaN and Infinity are not allowed)"
+        ) from None
+    except RecursionError:
+        raise errors.ValidationError(
+            "Payload is nested too deeply to encode; flatten it (lower max_payload_depth)"
         ) from None
     size = len(encoded.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
@@ -71,45 +74,54 @@ def encode_payload(payload: object, *, max_bytes: int, max_depth: int) -> str:
     return encoded
 
 
-def _check(value: Any, *, depth: int, max_depth: int, path: str) -> None:
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise errors.ValidationError(
-                f"{path} contains a NUL character (\\u0000), which PostgreSQL jsonb cannot store"
-            )
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise errors.ValidationError(
-                f"{path} contains a lone surrogate and is not valid UTF-8"
-            ) from None
-        return
-    if isinstance(value, _JSON_SCALARS):
-        if isinstance(value, float) and (value != value or value in (float("inf"),
-                                                                      float("-inf"))):
-            raise errors.ValidationError(f"{path} is {value}; NaN and Infinity are not JSON")
-        return
-    if isinstance(value, dict | list | tuple):
-        if depth > max_depth:
-            raise errors.ValidationError(
-                f"Payload is nested deeper than {max_depth} levels (at {path})"
-            )
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if not isinstance(key, str):
-                    raise errors.ValidationError(
-                        f"{path} has a key of type {type(key).__name__}; JSON keys must be str"
-                    )
-                _check(key, depth=depth, max_depth=max_depth, path=f"{path} key {key[:20]!r}")
-                _check(item, depth=depth + 1, max_depth=max_depth, path=f"{path}[{key!r}]")
+def _check(payload: dict[Any, Any], max_depth: int) -> None:
+    """Walk the payload without recursion (a hostile depth cannot blow the stack)."""
+    stack: list[tuple[Any, int, str]] = [(payload, 1, "payload")]
+    while stack:
+        value, depth, path = stack.pop()
+        if isinstance(value, str):
+            _check_text(value, path)
+        elif isinstance(value, bool | int | type(None)):
+            continue
+        elif isinstance(value, float):
+            if value != value or value in (float("inf"), float("-inf")):
+                raise errors.ValidationError(f"{path} is {value}; NaN and Infinity are not JSON")
+        elif isinstance(value, dict | list | tuple):
+            if depth > max_depth:
+                raise errors.ValidationError(
+                    f"Payload is nested deeper than {max_depth} levels (at {path[:200]})"
+                )
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    if not isinstance(key, str):
+                        raise errors.ValidationError(
+                            f"{path[:200]} has a key of type {type(key).__name__}; "
+                            "JSON keys must be str"
+                        )
+                    _check_text(key, f"{path[:200]} key {key[:20]!r}")
+                    stack.append((item, depth + 1, f"{path}[{key[:40]!r}]"))
+            else:
+                stack.extend((item, depth + 1, f"{path}[{index}]")
+                             for index, item in enumerate(value))
         else:
-            for index, item in enumerate(value):
-                _check(item, depth=depth + 1, max_depth=max_depth, path=f"{path}[{index}]")
-        return
-    raise errors.ValidationError(
-        f"{path} is a {type(value).__name__}, which is not JSON-serialisable "
-        "(use str, int, float, bool, None, list or dict)"
-    )
+            raise errors.ValidationError(
+                f"{path[:200]} is a {type(value).__name__}, which is not JSON-serialisable "
+                "(use str, int, float, bool, None, list or dict)"
+            )
+
+
+def _check_text(value: str, path: str) -> None:
+    if "\x00" in value:
+        raise errors.ValidationError(
+            f"{path[:200]} contains a NUL character (\\u0000), which PostgreSQL jsonb "
+            "cannot store"
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise errors.ValidationError(
+            f"{path[:200]} contains a lone surrogate and is not valid UTF-8"
+        ) from None
 
 
 def queue_name(name: object) -> str:

@@ -144,8 +144,10 @@ class DatabaseUnavailableError(DatabaseError, ConnectionError):
 _UNAVAILABLE_PREFIXES = ("08", "57P01", "57P02", "57P03", "53300")
 _MISSING_OBJECT = {"42P01", "3F000", "42704"}
 _INSUFFICIENT_PRIVILEGE = "42501"
-_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
-_PASSWORD_IN_KV = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+# A safety net for driver messages; pgqrs's own messages never contain a DSN. Greedy up to
+# the last "@" of the line, so a password with spaces or "@" in it is covered too.
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^\n]*@")
+_PASSWORD_IN_KV = re.compile(r"(password\s*=\s*)('[^']*'|[^\n]*)", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
@@ -218,6 +220,8 @@ def translate(exc: BaseException, **context: Any) -> PgqrsError:
         )
     if state is None and isinstance(exc, OSError | TimeoutError):
         return DatabaseUnavailableError(f"Cannot reach the database: {detail}")
+    if state is None and _is_client_configuration(exc):
+        return ConfigurationError(f"Invalid connection option: {detail}")
     if state is None and _looks_disconnected(exc):
         return DatabaseUnavailableError(f"Connection to the database was lost: {detail}")
     return DatabaseError(f"Database error: {detail}")
@@ -226,6 +230,19 @@ def translate(exc: BaseException, **context: Any) -> PgqrsError:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return redact(text.splitlines()[0]) if text else type(exc).__name__
+
+
+def _is_client_configuration(exc: BaseException) -> bool:
+    """Tell asyncpg's ClientConfigurationError (bad sslmode, target_session_attrs, ...)."""
+    current: BaseException | None = exc
+    for _ in range(4):
+        if current is None:
+            return False
+        if type(current).__name__ == "ClientConfigurationError":
+            return True
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return False
 
 
 def _looks_disconnected(exc: BaseException) -> bool:

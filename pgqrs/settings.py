@@ -7,6 +7,7 @@ variable (keyword arguments win).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, fields
@@ -14,6 +15,8 @@ from typing import Any
 
 from pgqrs import errors
 
+MAX_PAYLOAD_DEPTH = 500
+"""Upper bound for ``max_payload_depth``."""
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -64,8 +67,11 @@ class Settings:
         validate_schema(self.schema)
         for name in ("connect_timeout", "statement_timeout", "heartbeat_interval"):
             _positive(name, getattr(self, name))
-        for name in ("pool_size", "max_payload_bytes", "max_payload_depth", "rate_burst"):
+        for name in ("pool_size", "max_payload_bytes", "rate_burst"):
             _positive(name, getattr(self, name), integer=True)
+        # Far beyond any sane document, and well inside Python's and PostgreSQL's stack limits.
+        _positive("max_payload_depth", self.max_payload_depth, integer=True,
+                  upper=MAX_PAYLOAD_DEPTH)
         if not isinstance(self.max_overflow, int) or self.max_overflow < 0:
             raise errors.ConfigurationError("max_overflow must be an integer >= 0")
         if self.stale_after is not None:
@@ -103,11 +109,15 @@ class Settings:
         return cls(**values)
 
 
-def _positive(name: str, value: object, *, integer: bool = False) -> None:
+def _positive(name: str, value: object, *, integer: bool = False,
+              upper: float = math.inf) -> None:
     kinds: tuple[type, ...] = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:  # type: ignore[operator]
-        kind = "a positive integer" if integer else "a positive number"
-        raise errors.ConfigurationError(f"{name} must be {kind}, got {value!r}")
+    ok = (not isinstance(value, bool) and isinstance(value, kinds)
+          and math.isfinite(value) and 0 < value <= upper)  # type: ignore[arg-type,operator]
+    if not ok:
+        kind = "a positive integer" if integer else "a positive, finite number"
+        limit = f" (at most {upper:g})" if upper != math.inf else ""
+        raise errors.ConfigurationError(f"{name} must be {kind}{limit}, got {value!r}")
 
 
 def _parse_env(name: str, raw: str, f: dataclasses.Field[Any]) -> Any:

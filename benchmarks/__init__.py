@@ -1,0 +1,12 @@
+"""Side-by-side benchmarks of pgqrs and a raw-asyncpg floor running the same SQL.
+
+Run from the repository root::
+
+    python -m benchmarks            # full run (a few minutes), prints the table
+    python -m benchmarks --smoke    # tiny run for CI (< 60 s), exits 0
+    python -m benchmarks.profiling  # where pgqrs spends client time per call
+
+See ``docs/benchmarks.md`` for the scenarios, the method and the latest results.
+"""
+
+from __future__ import annotations

@@ -1,0 +1,133 @@
+"""The PostgreSQL the benchmarks run against, and a fresh database for every run.
+
+Without a DSN a throw-away server is started exactly as the tests do
+(``pgqrs._ephemeral.EphemeralPostgres``), except that PostgreSQL's default durability is
+restored (``fsync``, ``synchronous_commit`` and ``full_page_writes`` on; the test server
+turns them off) and its data directory goes to the system temporary directory, on disk,
+rather than ``/dev/shm`` (``--pg-tmpdir /dev/shm`` gives the tests' RAM-backed setting,
+where a commit costs almost nothing and client overhead weighs far more).
+
+Every run gets its own database cloned from a template that has the pgqrs schema
+installed and the benchmark queue created, so no run sees another's rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from pgqrs import Admin
+from pgqrs._ephemeral import ENV_TMPDIR, EphemeralPostgres
+
+QUEUE = "bench"
+DEFAULT_DURABILITY: dict[str, str | int | float | bool] = {
+    "fsync": True, "synchronous_commit": True, "full_page_writes": True,
+}
+
+
+def plain(dsn: str) -> str:
+    """``dsn`` as a libpq URL asyncpg accepts (drops a ``+asyncpg`` driver suffix)."""
+    return dsn.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def with_database(dsn: str, database: str) -> str:
+    """``dsn`` pointing at another database of the same server."""
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, ""))
+
+
+@dataclass(frozen=True)
+class Server:
+    """A maintenance DSN (a role with CREATEDB) and a one-line description."""
+
+    dsn: str
+    description: str
+    log: Path | None = None
+    """The server log, when we started the server (``None`` for ``--dsn``)."""
+
+
+def default_tmpdir() -> str:
+    """``PGQRS_PG_TMPDIR`` if set, else the system temporary directory (usually on disk)."""
+    return os.environ.get(ENV_TMPDIR) or tempfile.gettempdir()
+
+
+@contextlib.contextmanager
+def server(dsn: str | None, *, durable: bool = True, tmpdir: str | None = None,
+           extra_conf: dict[str, str | int | float | bool] | None = None) -> Iterator[Server]:
+    """Use the server at ``dsn``, or start a throw-away one (data under ``tmpdir``)."""
+    if dsn:
+        yield Server(plain(dsn), "the server given by --dsn / PGQRS_DSN")
+        return
+    conf = dict(DEFAULT_DURABILITY) if durable else {}
+    conf.update(extra_conf or {})
+    saved = os.environ.get(ENV_TMPDIR)
+    os.environ[ENV_TMPDIR] = tmpdir or default_tmpdir()  # EphemeralPostgres reads it
+    try:
+        pg = EphemeralPostgres(extra_conf=conf).start()
+    finally:
+        if saved is None:
+            os.environ.pop(ENV_TMPDIR, None)
+        else:
+            os.environ[ENV_TMPDIR] = saved
+    try:
+        where = pg.directory.parent
+        durability = "default durability" if durable else "fsync/synchronous_commit off"
+        yield Server(pg.dsn, f"throw-away PostgreSQL {pg.version} from {pg.bindir}, "
+                             f"data under {where}, {durability}",
+                     pg.directory / "postgres.log")
+    finally:
+        pg.stop()
+
+
+async def sql(dsn: str, *statements: str) -> None:
+    """Run maintenance statements on a short-lived connection."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+class Databases:
+    """A template with pgqrs installed and the queue created; fresh clones of it."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.template = f"pgqrs_bench_tmpl_{os.getpid()}"
+        self._serial = itertools.count()
+
+    async def create_template(self) -> None:
+        """Create the template database: ``Admin.install()`` plus ``create_queue``."""
+        await sql(self.dsn, f'DROP DATABASE IF EXISTS "{self.template}" WITH (FORCE)',
+                  f'CREATE DATABASE "{self.template}"')
+        async with Admin(with_database(self.dsn, self.template)) as admin:
+            await admin.install()
+            await admin.create_queue(QUEUE)
+
+    async def drop_template(self) -> None:
+        """Drop the template database."""
+        await sql(self.dsn, f'DROP DATABASE IF EXISTS "{self.template}" WITH (FORCE)')
+
+    @contextlib.asynccontextmanager
+    async def fresh(self) -> AsyncIterator[str]:
+        """Yield the DSN of a new clone of the template; drop it afterwards.
+
+        A ``CHECKPOINT`` after the clone keeps the previous run's dirty pages from being
+        flushed during this one.
+        """
+        name = f"pgqrs_bench_{os.getpid()}_{next(self._serial)}"
+        await sql(self.dsn, f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"',
+                  "CHECKPOINT")
+        try:
+            yield with_database(self.dsn, name)
+        finally:
+            await sql(self.dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
