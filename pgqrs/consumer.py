@@ -377,11 +377,16 @@ class _ConsumeLoop:
         batch = await consumer._claim(limit, lease, 0)
         if batch:
             return batch
-        await self._flush()
-        if self.in_flight:
-            await asyncio.wait(list(self.in_flight), timeout=self.poll,
-                               return_when=asyncio.FIRST_COMPLETED)
-            return []
+        while True:
+            await self._flush()
+            if self.in_flight:
+                await asyncio.wait(list(self.in_flight), timeout=self.poll,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                return []
+            if not self.acks:
+                break
+            # A handler finished (and queued its ack) while we were flushing: flush that
+            # too before going idle, or the ack would wait out the whole idle period.
         wait = _IDLE_WAIT
         if self.stop_when_idle:
             # Idle means nothing left that could still come to us: retries waiting out

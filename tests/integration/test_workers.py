@@ -359,3 +359,35 @@ async def test_stop_when_idle_waits_for_scheduled_retries(dsn: str, queue: str) 
         done = await consumer.consume(handler, backoff_base=0.3, poll_interval=0.05,
                                       stop_when_idle=True)
     assert done == 3
+
+
+async def test_an_ack_queued_during_a_flush_is_not_left_behind(dsn: str, queue: str) -> None:
+    """Regression: a handler finishing while the loop flushed acks (right before going
+    idle) had its ack wait out the idle period, and the message was delivered again."""
+    async with Producer(dsn, queue, "p", 1) as producer:
+        first, second = await producer.enqueue_batch([{"n": 1}, {"n": 2}])
+    flushing = asyncio.Event()
+
+    async def handler(message: QueueMessage) -> None:
+        if message.id == second:
+            await flushing.wait()  # finish exactly while the first ack is being written
+
+    async with Consumer(dsn, queue, "c", 2, visibility_timeout=60) as consumer:
+        real_archive_batch = consumer.archive_batch
+
+        async def archive_batch(ids: list[int]) -> list[bool]:
+            flushing.set()
+            await asyncio.sleep(0.05)  # the second handler completes meanwhile
+            return await real_archive_batch(ids)
+
+        consumer.archive_batch = archive_batch  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        loop = asyncio.create_task(consumer.consume(handler, batch_size=10, concurrency=3,
+                                                    poll_interval=0.05, stop=stop))
+        async with asyncio.timeout(5):  # far less than the 60 s lease
+            while await sql(dsn, "SELECT 1 FROM pgqrs_messages LIMIT 1"):
+                await asyncio.sleep(0.05)
+        stop.set()
+        assert await asyncio.wait_for(loop, 10) == 2
+    archived = await sql(dsn, "SELECT original_msg_id, read_ct FROM pgqrs_archive")
+    assert sorted((r[0], r[1]) for r in archived) == [(first, 1), (second, 1)]
