@@ -23,6 +23,8 @@ Handler = Callable[[QueueMessage], Awaitable[object]]
 _READY_ONLY = (WorkerStatus.READY,)
 _IDLE_WAIT = 60.0
 """How long one idle wait of the consume loop lasts before it starts another."""
+_MIN_WAIT = 0.01
+"""Shortest wait between claims of a waiting consumer (seconds)."""
 _MAX_RETRY_DELAY = 30.0
 """Longest pause of the consume loop between attempts while the database is away."""
 _LISTEN_RECHECK = 5.0
@@ -113,7 +115,8 @@ class Consumer(WorkerClient):
                 recheck = (_LISTEN_RECHECK if subscription.listening
                            else poll or self.poll_interval)
                 timeout = min(remaining, recheck, due if due is not None else recheck)
-                await subscription.wait(max(timeout, 0.001), stop)
+                # A floor: "due now" can mean a message another consumer is claiming.
+                await subscription.wait(max(timeout, _MIN_WAIT), stop)
             finally:
                 if subscription is not None:
                     subscription.close()

@@ -194,8 +194,10 @@ def _seconds(value: float | None) -> timedelta:
     return timedelta(seconds=value or 0)
 
 
+# Not only future vts: a message that fell due a moment ago, after the claim that missed
+# it, must count too (0), or "idle" would be declared with work still to do.
 _NEXT_DUE = select(func.extract("epoch", func.min(_m.c.vt) - _NOW).label("due")).where(
-    _m.c.queue_id == _QUEUE, _m.c.read_ct < bindparam("p_max_read_ct"), _m.c.vt > _NOW
+    _m.c.queue_id == _QUEUE, _m.c.read_ct < bindparam("p_max_read_ct")
 )
 
 
@@ -233,12 +235,15 @@ class MessageRepository(Repository):
 
     async def seconds_until_due(self, executor: Executor, *, queue_id: int,
                                 max_read_ct: int) -> float | None:
-        """Seconds until the next invisible message (delayed or leased) becomes claimable."""
+        """Seconds until the next message (delayed, leased or visible: 0) is claimable.
+
+        None when the queue holds nothing that could still be delivered.
+        """
         rows = await self._rows(executor, _NEXT_DUE, {
             "p_queue_id": queue_id, "p_max_read_ct": max_read_ct,
         })
         value = rows[0]["due"] if rows else None
-        return float(value) if value is not None else None
+        return max(float(value), 0.0) if value is not None else None
 
     async def archive(self, executor: Executor, *, worker_id: int | None,
                       ids: Sequence[int], dead: bool = False) -> set[int]:
