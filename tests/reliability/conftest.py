@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -129,3 +131,24 @@ pidfile = {directory}/pgbouncer.pid
                 proc.kill()
                 proc.wait()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Keep every connection attempt on this machine: names other than IP literals and
+    ``localhost`` are refused and recorded instead of being sent to a resolver."""
+    asked: list[str] = []
+    real = socket.getaddrinfo
+
+    def guarded(host: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else host
+        if name not in (None, "", "localhost"):
+            try:
+                ipaddress.ip_address(str(name).split("%")[0])
+            except ValueError:
+                asked.append(str(name))
+                raise socket.gaierror(socket.EAI_NONAME, "DNS blocked by the test") from None
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", guarded)
+    return asked

@@ -12,10 +12,8 @@ not in the repr of any object pgqrs hands out, not on the CLI's stdout or stderr
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
-import socket
 import subprocess
 import sys
 import traceback
@@ -103,26 +101,6 @@ def all_logs() -> Iterator[Capture]:
         root.removeHandler(handler)
         for logger, level in saved:
             logger.setLevel(level)
-
-
-@pytest.fixture
-def lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Names pgqrs asked the resolver for (refused: all traffic stays on this machine)."""
-    asked: list[str] = []
-    real = socket.getaddrinfo
-
-    def guarded(host: Any, *args: Any, **kwargs: Any) -> Any:
-        name = host.decode() if isinstance(host, bytes) else host
-        if name not in (None, "", "localhost"):
-            try:
-                ipaddress.ip_address(str(name).split("%")[0])
-            except ValueError:
-                asked.append(str(name))
-                raise socket.gaierror(socket.EAI_NONAME, "DNS blocked by the test") from None
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", guarded)
-    return asked
 
 
 def dsn_forms(password: str, port: int, database: str = "postgres",
