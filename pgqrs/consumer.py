@@ -377,28 +377,30 @@ class _ConsumeLoop:
     async def _next_batch(self, limit: int) -> list[QueueMessage] | None:
         """Claim what is there now, else wait; None once idle with ``stop_when_idle``."""
         consumer, lease = self.consumer, self.consumer.visibility_timeout
-        batch = await consumer._claim(limit, lease, 0)
-        if batch:
-            return batch
-        while True:
-            await self._flush()
-            if self.in_flight:
-                await asyncio.wait(list(self.in_flight), timeout=self.poll,
-                                   return_when=asyncio.FIRST_COMPLETED)
-                return []
-            if not self.acks:
-                break
-            # A handler finished (and queued its ack) while we were flushing: flush that
-            # too before going idle, or the ack would wait out the whole idle period.
         wait = _IDLE_WAIT
-        if self.stop_when_idle:
-            # Idle means nothing left that could still come to us: retries waiting out
-            # their backoff and leases running elsewhere count as work still to do.
-            due = await consumer._seconds_until_due()
-            if due is None:
-                return None
-            wait = due + self.poll
-        # Block until NOTIFY (or polling, or the next due message) or stop.
+        if self.in_flight or self.acks or self.stop_when_idle:
+            batch = await consumer._claim(limit, lease, 0)
+            if batch:
+                return batch
+            while True:
+                await self._flush()
+                if self.in_flight:
+                    await asyncio.wait(list(self.in_flight), timeout=self.poll,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    return []
+                if not self.acks:
+                    break
+                # A handler finished (and queued its ack) while we were flushing: flush
+                # that too before going idle, or the ack would wait out the idle period.
+            if self.stop_when_idle:
+                # Idle means nothing left that could still come to us: retries waiting
+                # out their backoff and leases running elsewhere count as work to do.
+                due = await consumer._seconds_until_due()
+                if due is None:
+                    return None
+                wait = due + self.poll
+        # Nothing in hand: claim, and if the queue is empty block until NOTIFY (or polling,
+        # or the next due message) or stop.
         return await consumer._claim(limit, lease, wait, self.stop, self.poll)
 
     async def _paused(self) -> bool:
@@ -422,7 +424,12 @@ class _ConsumeLoop:
         self.in_flight.pop(task, None)
 
     async def _process(self, message: QueueMessage) -> None:
-        keeper = asyncio.create_task(self._keep_leased(message.id))
+        # Most handlers finish long before half the lease: a timer (cheaper than a task
+        # per message) starts the lease keeper only for those that do not.
+        loop = asyncio.get_running_loop()
+        keeper: list[asyncio.Task[None]] = []
+        timer = loop.call_later(self.consumer.visibility_timeout / 2, lambda: keeper.append(
+            loop.create_task(self._keep_leased(message.id))))
         try:
             await self.handler(message)
         except asyncio.CancelledError:
@@ -433,17 +440,19 @@ class _ConsumeLoop:
             self.acks.append(message.id)
             self.succeeded += 1
         finally:
-            keeper.cancel()
+            timer.cancel()
+            for task in keeper:
+                task.cancel()
 
     async def _keep_leased(self, message_id: int) -> None:
         lease = self.consumer.visibility_timeout
         while True:
-            await asyncio.sleep(lease / 2)
             try:
                 if not await self.consumer.extend_visibility(message_id, lease):
                     return  # lost it (redelivered elsewhere); the ack will be refused
             except errors.PgqrsError as exc:
                 log.warning("pgqrs could not extend the lease of %s: %s", message_id, exc)
+            await asyncio.sleep(lease / 2)
 
     async def _failed(self, message: QueueMessage, exc: Exception) -> None:
         try:
