@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -23,8 +23,15 @@ from pgqrs.repositories import Executor
 from pgqrs.settings import Settings
 
 
-def _connector(dsn: str, settings: Settings) -> Callable[[], Awaitable[asyncpg.Connection]]:
-    """A function opening one asyncpg connection to ``dsn`` with pgqrs's options."""
+def create_engine(dsn: str, settings: Settings, *, pooled: bool = True) -> AsyncEngine:
+    """Create pgqrs's own engine for ``dsn`` (no I/O happens until first use).
+
+    ``pooled=False`` opens a connection per transaction and keeps none, for clients like
+    Admin whose users often never close them (the seed's examples don't).
+
+    Raises:
+        ConfigurationError: the DSN is not a PostgreSQL URL.
+    """
     parsed = _dsn.parse(dsn)
     connect_timeout = parsed.connect_timeout or settings.connect_timeout
 
@@ -37,21 +44,6 @@ def _connector(dsn: str, settings: Settings) -> Callable[[], Awaitable[asyncpg.C
             # server connection, so prepared statements must not be reused there.
             statement_cache_size=0 if settings.pgbouncer else 256,
         )
-
-    return connect
-
-
-def create_engine(dsn: str, settings: Settings, *, pooled: bool = True) -> AsyncEngine:
-    """Create pgqrs's own engine for ``dsn`` (no I/O happens until first use).
-
-    ``pooled=False`` opens a connection per transaction and keeps none, for clients like
-    Admin whose users often never close them (the seed's examples don't).
-
-    Raises:
-        ConfigurationError: the DSN is not a PostgreSQL URL.
-    """
-    connect = _connector(dsn, settings)
-    connect_timeout = _dsn.parse(dsn).connect_timeout or settings.connect_timeout
 
     def creator() -> Any:
         dbapi: Any = engine.dialect.dbapi
