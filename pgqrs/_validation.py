@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from pgqrs import errors
 from pgqrs.models import QUEUE_NAME_MAX_LENGTH
 
+_INF = float("inf")
 S = TypeVar("S")
 C = TypeVar("C")
 
@@ -65,7 +66,12 @@ def encode_payload(payload: object, *, max_bytes: int, max_depth: int) -> str:
         raise errors.ValidationError(
             "Payload is nested too deeply to encode; flatten it (lower max_payload_depth)"
         ) from None
-    size = len(encoded.encode("utf-8", "surrogatepass"))
+    try:
+        size = len(encoded.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise errors.ValidationError(
+            "Payload contains a lone surrogate character and is not valid UTF-8"
+        ) from None
     if size > max_bytes:
         raise errors.ValidationError(
             f"Payload is {size} bytes as JSON, over the limit of {max_bytes} bytes "
@@ -75,53 +81,51 @@ def encode_payload(payload: object, *, max_bytes: int, max_depth: int) -> str:
 
 
 def _check(payload: dict[Any, Any], max_depth: int) -> None:
-    """Walk the payload without recursion (a hostile depth cannot blow the stack)."""
+    """Walk the payload without recursion (a hostile depth cannot blow the stack).
+
+    Scalars, the bulk of most payloads, are checked in place; a path for the error message
+    is only built for containers and on failure.
+    """
     stack: list[tuple[Any, int, str]] = [(payload, 1, "payload")]
     while stack:
-        value, depth, path = stack.pop()
-        if isinstance(value, str):
-            _check_text(value, path)
-        elif isinstance(value, bool | int | type(None)):
-            continue
-        elif isinstance(value, float):
-            if value != value or value in (float("inf"), float("-inf")):
-                raise errors.ValidationError(f"{path} is {value}; NaN and Infinity are not JSON")
-        elif isinstance(value, dict | list | tuple):
-            if depth > max_depth:
-                raise errors.ValidationError(
-                    f"Payload is nested deeper than {max_depth} levels (at {path[:200]})"
-                )
-            if isinstance(value, dict):
-                for key, item in value.items():
-                    if not isinstance(key, str):
-                        raise errors.ValidationError(
-                            f"{path[:200]} has a key of type {type(key).__name__}; "
-                            "JSON keys must be str"
-                        )
-                    _check_text(key, f"{path[:200]} key {key[:20]!r}")
-                    stack.append((item, depth + 1, f"{path}[{key[:40]!r}]"))
-            else:
-                stack.extend((item, depth + 1, f"{path}[{index}]")
-                             for index, item in enumerate(value))
-        else:
+        container, depth, path = stack.pop()
+        if depth > max_depth:
             raise errors.ValidationError(
-                f"{path[:200]} is a {type(value).__name__}, which is not JSON-serialisable "
-                "(use str, int, float, bool, None, list or dict)"
+                f"Payload is nested deeper than {max_depth} levels (at {path[:200]})"
             )
+        if isinstance(container, dict):
+            items: Any = container.items()
+            for key, _ in items:
+                if not isinstance(key, str):
+                    raise errors.ValidationError(
+                        f"{path[:200]} has a key of type {type(key).__name__}; "
+                        "JSON keys must be str"
+                    )
+                if "\x00" in key:
+                    _nul(f"{path[:200]} key {key[:20]!r}")
+        else:
+            items = enumerate(container)
+        for key, value in items:
+            if isinstance(value, str):
+                if "\x00" in value:
+                    _nul(f"{path[:200]}[{key!r}]")
+            elif isinstance(value, float):
+                if value != value or value in (_INF, -_INF):
+                    raise errors.ValidationError(
+                        f"{path[:200]}[{key!r}] is {value}; NaN and Infinity are not JSON")
+            elif isinstance(value, dict | list | tuple):
+                stack.append((value, depth + 1, f"{path}[{key!r}]"))
+            elif not isinstance(value, bool | int | type(None)):
+                raise errors.ValidationError(
+                    f"{path[:200]}[{key!r}] is a {type(value).__name__}, which is not "
+                    "JSON-serialisable (use str, int, float, bool, None, list or dict)"
+                )
 
 
-def _check_text(value: str, path: str) -> None:
-    if "\x00" in value:
-        raise errors.ValidationError(
-            f"{path[:200]} contains a NUL character (\\u0000), which PostgreSQL jsonb "
-            "cannot store"
-        )
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise errors.ValidationError(
-            f"{path[:200]} contains a lone surrogate and is not valid UTF-8"
-        ) from None
+def _nul(where: str) -> None:
+    raise errors.ValidationError(
+        f"{where} contains a NUL character (\\u0000), which PostgreSQL jsonb cannot store"
+    )
 
 
 def queue_name(name: object) -> str:
