@@ -150,13 +150,7 @@ class Consumer(WorkerClient):
 
     async def archive_dead(self, message_ids: Sequence[int]) -> list[bool]:
         """Archive held messages marked as dead letters (the consume loop's give-up path)."""
-        ids = _validation.message_ids(message_ids)
-        if not ids:
-            return []
-        worker_id, _ = await self._ids("acknowledge messages", *_LIVE)
-        async with self._db.statement() as conn:
-            done = await self._messages.archive(conn, worker_id=worker_id, ids=ids, dead=True)
-        return [i in done for i in ids]
+        return await self._acknowledge(message_ids, dead=True)
 
     async def archive(self, message_id: int) -> bool:
         """Move a message this consumer holds to the archive; False if it does not hold it."""
@@ -164,13 +158,7 @@ class Consumer(WorkerClient):
 
     async def archive_batch(self, message_ids: Sequence[int]) -> list[bool]:
         """Archive held messages in one atomic statement; one bool per id, in order."""
-        ids = _validation.message_ids(message_ids)
-        if not ids:
-            return []
-        worker_id, _ = await self._ids("acknowledge messages", *_LIVE)
-        async with self._db.statement() as conn:
-            done = await self._messages.archive(conn, worker_id=worker_id, ids=ids)
-        return [i in done for i in ids]
+        return await self._acknowledge(message_ids)
 
     async def delete(self, message_id: int) -> bool:
         """Delete a message this consumer holds; False if it does not hold it."""
@@ -178,12 +166,21 @@ class Consumer(WorkerClient):
 
     async def delete_batch(self, message_ids: Sequence[int]) -> list[bool]:
         """Delete held messages in one statement; one bool per id, in order."""
+        return await self._acknowledge(message_ids, delete=True)
+
+    async def _acknowledge(self, message_ids: Sequence[int], *, delete: bool = False,
+                           dead: bool = False) -> list[bool]:
+        """Archive (or delete) the held messages in one statement; one bool per id."""
         ids = _validation.message_ids(message_ids)
         if not ids:
             return []
         worker_id, _ = await self._ids("acknowledge messages", *_LIVE)
         async with self._db.statement() as conn:
-            done = await self._messages.delete(conn, worker_id=worker_id, ids=ids)
+            if delete:
+                done = await self._messages.delete(conn, worker_id=worker_id, ids=ids)
+            else:
+                done = await self._messages.archive(conn, worker_id=worker_id, ids=ids,
+                                                    dead=dead)
         return [i in done for i in ids]
 
     async def extend_visibility(self, message_id: int, seconds: float) -> bool:

@@ -96,15 +96,11 @@ class Admin(_Base):
 
     def install(self, *, connection: Connection | None = None) -> None:
         """Upgrade the schema to head under the install lock (see ``pgqrs.Admin.install``)."""
-        schema = self.settings.schema
-        if connection is not None:
-            with errors.translate_db_errors():
-                migrate.lock_sync(connection)
-                migrate.upgrade_sync(connection, schema)
-            return
-        with errors.translate_db_errors(), self.engine.begin() as conn:
+        transaction = (contextlib.nullcontext(connection) if connection is not None
+                       else self.engine.begin())
+        with errors.translate_db_errors(), transaction as conn:
             migrate.lock_sync(conn)
-            migrate.upgrade_sync(conn, schema)
+            migrate.upgrade_sync(conn, self.settings.schema)
 
     def verify(self) -> str:
         """Check the schema is installed and current; return its revision."""
