@@ -19,13 +19,13 @@ import sys
 from collections.abc import Sequence
 
 from pgqrs import errors
-from pgqrs.cli import _output, _parser, archive, messages, queues, system, workers
+from pgqrs.cli import _output, _parser, archive, messages, metrics, queues, system, workers
 from pgqrs.cli._command import Context, Group
 
 __all__ = ["GROUPS", "build_parser", "main"]
 
 GROUPS: tuple[Group, ...] = (system.group, queues.group, messages.group, workers.group,
-                             archive.group)
+                             archive.group, metrics.group)
 """Every command group, in the order ``pgqrs --help`` lists them."""
 
 
