@@ -9,7 +9,6 @@ import itertools
 import json
 import os
 import pwd
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +21,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
-import pytest
+from _programs import require_program
 
 from pgqrs._ephemeral import EphemeralPostgres
 
@@ -275,13 +274,7 @@ def unprivileged_user() -> pwd.struct_passwd | None:
 
 
 def find_pgbouncer() -> str:
-    found = shutil.which("pgbouncer") or next(
-        (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.access(p, os.X_OK)),
-        None)
-    if found is None:
-        pytest.fail(f"pgbouncer is not installed; install it with `{PGBOUNCER_APT}` "
-                    "(the reliability suite tests pgqrs behind pgbouncer and never skips)",
-                    pytrace=False)
-    return found
+    """pgbouncer's path; a missing one skips the test locally and fails it in CI."""
+    return require_program("pgbouncer", install=PGBOUNCER_APT)
 
 
