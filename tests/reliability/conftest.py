@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from pgqrs._ephemeral import EphemeralPostgres
+from pgqrs.testing import EphemeralPostgres
 
 from .support import (
     AuthServer,

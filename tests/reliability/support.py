@@ -9,7 +9,6 @@ import itertools
 import json
 import os
 import pwd
-import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import asyncpg
 from _programs import require_program
 
-from pgqrs._ephemeral import EphemeralPostgres
+from pgqrs.testing import EphemeralPostgres
 
 HERE = Path(__file__).resolve().parent
 PROC = HERE / "proc.py"
@@ -216,15 +215,8 @@ def lease_overlaps(deliveries: list[dict[str, Any]]) -> list[tuple[dict[str, Any
 def restart_postgres(server: EphemeralPostgres, how: str, outage: float) -> float:
     """Stop the postmaster (``fast``: SIGINT, ``immediate``: SIGQUIT), stay down for
     ``outage`` seconds, start it again on the same port and data; the down time."""
-    proc = server._proc
-    assert proc is not None
     began = time.monotonic()
-    proc.send_signal(signal.SIGINT if how == "fast" else signal.SIGQUIT)
-    proc.wait(30)
-    server._proc = None
-    time.sleep(outage)
-    server._requested_port = server._port  # come back where the clients expect it
-    server._launch(server.bindir, server.directory)
+    server.restart(how, downtime=outage)
     return time.monotonic() - began
 
 
