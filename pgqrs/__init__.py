@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from pgqrs.admin import Admin
+from pgqrs.config import Config
 from pgqrs.consumer import Consumer
 from pgqrs.errors import (
     ConfigurationError,
@@ -43,6 +44,7 @@ logging.getLogger("pgqrs").addHandler(logging.NullHandler())
 __all__ = [
     "Admin",
     "ArchivedMessage",
+    "Config",
     "ConfigurationError",
     "Consumer",
     "DatabaseError",

@@ -7,13 +7,17 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pgqrs import _notify, _validation, errors
+from pgqrs import _compat, _notify, _validation, errors
 from pgqrs._worker import WorkerClient
+from pgqrs.config import DEFAULT_LOCK_TIME_SECONDS
 from pgqrs.types import QueueMessage, WorkerStatus
+
+if TYPE_CHECKING:
+    from pgqrs.admin import Admin
 
 log = logging.getLogger("pgqrs")
 
@@ -48,26 +52,32 @@ class Consumer(WorkerClient):
                 await consumer.archive(message.id)
 
     Args:
-        dsn: a PostgreSQL URL or the application's ``AsyncEngine``.
+        dsn: a PostgreSQL URL, the application's ``AsyncEngine``, or an ``Admin`` whose
+            engine and settings to share (the original binding's style).
         queue: name of an existing queue.
         hostname: worker identity, with ``port``.
         port: worker identity, with ``hostname``.
-        visibility_timeout: default lease in seconds.
+        visibility_timeout: default lease in seconds (default 30, or the Admin's
+            ``Config.default_lock_time_seconds``).
         max_read_ct: deliveries after which a message is a dead letter.
         poll_interval: how often a waiting consumer polls when LISTEN/NOTIFY is not
             available (pgbouncer transaction mode); with it, waits end on notification.
         **options: ``Settings`` options (``schema``, ``heartbeat_interval``, ...).
     """
 
-    def __init__(self, dsn: str | AsyncEngine, queue: str, hostname: str, port: int, *,
-                 visibility_timeout: float = 30, max_read_ct: int = 5,
+    def __init__(self, dsn: str | AsyncEngine | Admin, queue: str, hostname: str, port: int, *,
+                 visibility_timeout: float | None = None, max_read_ct: int = 5,
                  poll_interval: float = 1.0, **options: Any) -> None:
-        super().__init__(dsn, queue, hostname, port, **options)
+        if visibility_timeout is None:
+            visibility_timeout = (_compat.client_default(dsn, "visibility_timeout")
+                                  or DEFAULT_LOCK_TIME_SECONDS)
+        # Checked before the base registers with an Admin, so a rejected consumer never does.
         self.visibility_timeout = _validation.seconds("visibility_timeout", visibility_timeout,
                                                       allow_zero=False)
         self.max_read_ct = _validation.positive_int("max_read_ct", max_read_ct)
         self.poll_interval = _validation.seconds("poll_interval", poll_interval,
                                                  allow_zero=False)
+        super().__init__(dsn, queue, hostname, port, **options)
         self._listener: _notify.Listener | None = None
         self._listener_loop = 0
 

@@ -9,11 +9,18 @@ from typing import Any
 
 
 class WorkerStatus(enum.StrEnum):
-    """Lifecycle state of a worker (a Producer or Consumer identity)."""
+    """Lifecycle state of a worker (a Producer or Consumer identity).
+
+    ``Ready``, ``Suspended`` and ``Stopped`` (the original binding's names) are aliases:
+    ``WorkerStatus.Ready is WorkerStatus.READY``.
+    """
 
     READY = "ready"
     SUSPENDED = "suspended"
     STOPPED = "stopped"
+    Ready = "ready"
+    Suspended = "suspended"
+    Stopped = "stopped"
 
 
 @dataclass(frozen=True, slots=True)
