@@ -26,9 +26,11 @@ from pgqrs.producer import Producer
 from pgqrs.settings import Settings
 from pgqrs.types import (
     ArchivedMessage,
+    Outcome,
     QueueInfo,
     QueueMessage,
     QueueMetrics,
+    Settled,
     SystemStats,
     WorkerHealthStats,
     WorkerInfo,
@@ -47,6 +49,7 @@ __all__ = [
     "Consumer",
     "DatabaseError",
     "DatabaseUnavailableError",
+    "Outcome",
     "PgqrsError",
     "Producer",
     "QueueAlreadyExistsError",
@@ -59,6 +62,7 @@ __all__ = [
     "SchemaNotInstalledError",
     "SchemaVersionMismatchError",
     "Settings",
+    "Settled",
     "StateError",
     "SystemStats",
     "ValidationError",
