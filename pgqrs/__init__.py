@@ -27,9 +27,11 @@ from pgqrs.producer import Producer
 from pgqrs.settings import Settings
 from pgqrs.types import (
     ArchivedMessage,
+    Outcome,
     QueueInfo,
     QueueMessage,
     QueueMetrics,
+    Settled,
     SystemStats,
     WorkerHealthStats,
     WorkerInfo,
@@ -49,6 +51,7 @@ __all__ = [
     "Consumer",
     "DatabaseError",
     "DatabaseUnavailableError",
+    "Outcome",
     "PgqrsError",
     "Producer",
     "QueueAlreadyExistsError",
@@ -61,6 +64,7 @@ __all__ = [
     "SchemaNotInstalledError",
     "SchemaVersionMismatchError",
     "Settings",
+    "Settled",
     "StateError",
     "SystemStats",
     "ValidationError",
