@@ -392,7 +392,5 @@ def app(
         finally:
             await dashboard.close()
 
-    application = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
-    application.state.dashboard = dashboard
-    return application
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
 

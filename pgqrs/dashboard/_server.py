@@ -36,6 +36,14 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def exposure_warning(host: str, *, guarded: bool, actions: bool) -> str | None:
+    """What to warn about when the dashboard listens beyond this machine unguarded."""
+    if _loopback(host) or guarded:
+        return None
+    return (f"serving on {host} without a token or basic auth: anyone who can reach this "
+            f"port can read the queues{' and change them' if actions else ''}")
+
+
 def serve(
     dsn_or_engine: str | AsyncEngine,
     *,
@@ -72,10 +80,10 @@ def serve(
         raise errors.ConfigurationError("port must be between 1 and 65535")
     application = app(dsn_or_engine, schema=schema, actions=allow_actions, token=token,
                       basic_auth=basic_auth, refresh=refresh, secret=secret)
-    if not _loopback(host) and token is None and basic_auth is None:
-        logger.warning("pgqrs dashboard: serving on %s without a token or basic auth; "
-                       "anyone who can reach this port can read the queues%s", host,
-                       " and change them" if allow_actions else "")
+    warning = exposure_warning(host, guarded=token is not None or basic_auth is not None,
+                               actions=allow_actions)
+    if warning is not None:
+        logger.warning("pgqrs dashboard: %s", warning)
     import uvicorn
 
     config = uvicorn.Config(application, host=host, port=port, root_path=root_path,
@@ -138,6 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         token = args.token or os.environ.get(TOKEN_ENV) or None
         basic = _basic_auth(args.basic_auth or os.environ.get(BASIC_AUTH_ENV) or None)
         asyncio.run(_check(dsn, args.schema))
+        warning = exposure_warning(args.host, guarded=bool(token or basic),
+                                   actions=args.allow_actions)
+        if warning is not None:
+            # Printed, not logged: pgqrs's logger stays silent unless the app configures it.
+            print(f"pgqrs dashboard: warning: {warning}", file=sys.stderr)
         mode = "actions allowed" if args.allow_actions else "read-only"
         guard = " ".join(n for n, on in (("token", token), ("basic auth", basic)) if on)
         print(f"pgqrs dashboard: http://{args.host}:{args.port}{args.root_path}/ ({mode}"

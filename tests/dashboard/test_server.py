@@ -11,6 +11,8 @@ import time
 
 import httpx
 
+from pgqrs.dashboard._server import exposure_warning
+
 from .conftest import free_port
 
 
@@ -64,3 +66,12 @@ def test_errors_are_one_line_with_the_fix(empty_dsn: str) -> None:
     assert bad_auth.returncode == 1 and "USER:PASSWORD" in bad_auth.stderr
     usage = run_main("--port", "eighty")
     assert usage.returncode == 2
+
+
+def test_warns_when_listening_beyond_this_machine_unguarded() -> None:
+    assert exposure_warning("127.0.0.1", guarded=False, actions=True) is None
+    assert exposure_warning("::1", guarded=False, actions=True) is None
+    assert exposure_warning("localhost", guarded=False, actions=False) is None
+    assert exposure_warning("0.0.0.0", guarded=True, actions=True) is None
+    warning = exposure_warning("0.0.0.0", guarded=False, actions=True)
+    assert warning is not None and "and change them" in warning
