@@ -1,7 +1,7 @@
 """The PostgreSQL the benchmarks run against, and a fresh database for every run.
 
 Without a DSN a throw-away server is started exactly as the tests do
-(``pgqrs._ephemeral.EphemeralPostgres``), except that PostgreSQL's default durability is
+(``pgqrs.testing.EphemeralPostgres``), except that PostgreSQL's default durability is
 restored (``fsync``, ``synchronous_commit`` and ``full_page_writes`` on; the test server
 turns them off) and its data directory goes to the system temporary directory, on disk,
 rather than ``/dev/shm`` (``--pg-tmpdir /dev/shm`` gives the tests' RAM-backed setting,
@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from pgqrs import Admin
-from pgqrs._ephemeral import ENV_TMPDIR, EphemeralPostgres
+from pgqrs.testing import EphemeralPostgres
 
 QUEUE = "bench"
 DEFAULT_DURABILITY: dict[str, str | int | float | bool] = {
@@ -56,7 +56,7 @@ class Server:
 
 def default_tmpdir() -> str:
     """``PGQRS_PG_TMPDIR`` if set, else the system temporary directory (usually on disk)."""
-    return os.environ.get(ENV_TMPDIR) or tempfile.gettempdir()
+    return os.environ.get("PGQRS_PG_TMPDIR") or tempfile.gettempdir()
 
 
 @contextlib.contextmanager
@@ -68,15 +68,8 @@ def server(dsn: str | None, *, durable: bool = True, tmpdir: str | None = None,
         return
     conf = dict(DEFAULT_DURABILITY) if durable else {}
     conf.update(extra_conf or {})
-    saved = os.environ.get(ENV_TMPDIR)
-    os.environ[ENV_TMPDIR] = tmpdir or default_tmpdir()  # EphemeralPostgres reads it
-    try:
-        pg = EphemeralPostgres(extra_conf=conf).start()
-    finally:
-        if saved is None:
-            os.environ.pop(ENV_TMPDIR, None)
-        else:
-            os.environ[ENV_TMPDIR] = saved
+    pg = EphemeralPostgres.from_env(storage_dir=tmpdir or default_tmpdir(),
+                                    extra_conf=conf).start()
     try:
         where = pg.directory.parent
         durability = "default durability" if durable else "fsync/synchronous_commit off"

@@ -9,8 +9,10 @@ objects, so nothing sits between a scenario and pgqrs.
 The floor runs the statements pgqrs runs (the same tables, indexes, ``SKIP LOCKED`` claim
 with the "worker still ready" check, and ``DELETE ... RETURNING`` into the archive), as
 asyncpg prepared statements on one connection per client, each statement in its own
-implicit transaction (one round trip). It is what a hand-written client of the same
-schema costs, so ``pgqrs / floor`` is the price of the library.
+implicit transaction (one round trip). The statements are pgqrs's own, compiled from
+``pgqrs.repositories.messages`` (``benchmarks/pgqrs_sql.py``), so they cannot drift from
+what pgqrs sends. It is what a hand-written client of the same schema costs, so
+``pgqrs / floor`` is the price of the library.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, NamedTuple, Protocol
 
 import asyncpg
 
+from benchmarks import pgqrs_sql
 from benchmarks.server import QUEUE
 from pgqrs import Consumer, Producer
 
@@ -115,52 +118,6 @@ QUEUE_ID = "SELECT id FROM pgqrs_queues WHERE queue_name = $1"
 REGISTER = ("INSERT INTO pgqrs_workers (hostname, port, queue_id) VALUES ($1, $2, $3) "
             "RETURNING id")
 
-ENQUEUE = """
-INSERT INTO pgqrs_messages (queue_id, payload, vt, producer_worker_id)
-VALUES ($1, $2::jsonb, now() + $3::interval, $4)
-RETURNING id
-"""
-
-ENQUEUE_BATCH = """
-INSERT INTO pgqrs_messages (queue_id, payload, vt, producer_worker_id)
-SELECT $1, b.payload::jsonb, now() + $3::interval, $4
-FROM unnest($2::text[]) WITH ORDINALITY AS b(payload, ord)
-ORDER BY b.ord
-RETURNING id
-"""
-
-DEQUEUE = """
-WITH claim AS (
-    SELECT m.id FROM pgqrs_messages m
-    WHERE m.queue_id = $1 AND m.vt <= now() AND m.read_ct < $2
-      AND EXISTS (SELECT 1 FROM pgqrs_workers w WHERE w.id = $3 AND w.status = 'ready')
-    ORDER BY m.id
-    LIMIT $4
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE pgqrs_messages m
-SET vt = now() + $5::interval, read_ct = m.read_ct + 1, dequeued_at = now(),
-    consumer_worker_id = $3
-FROM claim
-WHERE m.id = claim.id
-RETURNING m.id, m.queue_id, m.payload, m.vt, m.enqueued_at, m.read_ct, m.dequeued_at,
-          m.producer_worker_id, m.consumer_worker_id
-"""
-
-ARCHIVE = """
-WITH moved AS (
-    DELETE FROM pgqrs_messages
-    WHERE id = ANY($1::bigint[]) AND consumer_worker_id = $2
-    RETURNING *
-)
-INSERT INTO pgqrs_archive (original_msg_id, queue_id, payload, enqueued_at, vt, read_ct,
-                           dequeued_at, producer_worker_id, consumer_worker_id, dead_letter)
-SELECT id, queue_id, payload, enqueued_at, vt, read_ct, dequeued_at, producer_worker_id,
-       consumer_worker_id, false
-FROM moved
-RETURNING original_msg_id
-"""
-
 NOTIFY_CHANNEL = "pgqrs_bench_floor"
 NOTIFY_TRIGGER = f"""
 CREATE FUNCTION pgqrs_bench_notify() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -203,21 +160,23 @@ class FloorProducer:
                  enqueue_batch: asyncpg.prepared_stmt.PreparedStatement) -> None:
         self.conn, self.queue_id, self.worker_id = conn, queue_id, worker_id
         self._enqueue, self._enqueue_batch = enqueue, enqueue_batch
+        fixed = {"p_queue_id": queue_id, "p_delay": _NO_DELAY, "p_worker_id": worker_id}
+        self._one_args = pgqrs_sql.enqueue().binder("p_payload", **fixed)
+        self._many_args = pgqrs_sql.enqueue_batch().binder("p_payloads", **fixed)
 
     @classmethod
     async def open(cls, dsn: str, index: int) -> FloorProducer:
         conn, queue_id, worker_id = await _register(dsn, "floor-producer", index)
-        return cls(conn, queue_id, worker_id, await conn.prepare(ENQUEUE),
-                   await conn.prepare(ENQUEUE_BATCH))
+        return cls(conn, queue_id, worker_id, await conn.prepare(pgqrs_sql.enqueue().sql),
+                   await conn.prepare(pgqrs_sql.enqueue_batch().sql))
 
     async def enqueue(self, payload: Payload) -> int:
-        return int(await self._enqueue.fetchval(self.queue_id, encode(payload), _NO_DELAY,
-                                                self.worker_id))
+        return int(await self._enqueue.fetchval(*self._one_args(encode(payload))))
 
     async def enqueue_batch(self, payloads: Sequence[Payload]) -> list[int]:
-        rows = await self._enqueue_batch.fetch(self.queue_id, [encode(p) for p in payloads],
-                                               _NO_DELAY, self.worker_id)
-        return sorted(r[0] for r in rows)
+        rows = await self._enqueue_batch.fetch(
+            *self._many_args([encode(p) for p in payloads]))
+        return sorted(r["id"] for r in rows)
 
     async def close(self) -> None:
         await self.conn.close()
@@ -233,24 +192,27 @@ class FloorConsumer:
         self._dequeue, self._archive = dequeue, archive
         self._listening = listening
         self._wake = asyncio.Event()
+        self._claim_args = pgqrs_sql.claim().binder(
+            "p_limit", p_queue_id=queue_id, p_max_read_ct=_MAX_READ_CT, p_worker_id=worker_id,
+            p_lease=_LEASE)
+        self._archive_args = pgqrs_sql.archive().binder("p_ids", p_worker_id=worker_id)
 
     @classmethod
     async def open(cls, dsn: str, index: int, *, listen: bool) -> FloorConsumer:
         conn, queue_id, worker_id = await _register(dsn, "floor-consumer", index)
-        self = cls(conn, queue_id, worker_id, await conn.prepare(DEQUEUE),
-                   await conn.prepare(ARCHIVE), listening=listen)
+        self = cls(conn, queue_id, worker_id, await conn.prepare(pgqrs_sql.claim().sql),
+                   await conn.prepare(pgqrs_sql.archive().sql), listening=listen)
         if listen:
             await conn.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
         return self
 
     async def dequeue(self, limit: int = 1) -> list[FloorMessage]:
-        rows = await self._dequeue.fetch(self.queue_id, _MAX_READ_CT, self.worker_id, limit,
-                                         _LEASE)
-        return [FloorMessage(r[0], r[5], json.loads(r[2])) for r in rows]
+        rows = await self._dequeue.fetch(*self._claim_args(limit))
+        return [FloorMessage(r["id"], r["read_ct"], json.loads(r["payload"])) for r in rows]
 
     async def archive_batch(self, message_ids: Sequence[int]) -> list[bool]:
         ids = list(message_ids)
-        done = {r[0] for r in await self._archive.fetch(ids, self.worker_id)}
+        done = {r["original_msg_id"] for r in await self._archive.fetch(*self._archive_args(ids))}
         return [i in done for i in ids]
 
     async def consume(self, handler: Handler, *, batch_size: int, concurrency: int = 1,

@@ -2,7 +2,8 @@
 
 The producer shares the application's engine and is opened and closed by the app's
 lifespan; the endpoint writes a row of the app's own model and enqueues a message in the
-same transaction (the outbox pattern): both exist, or neither does.
+same transaction (the outbox pattern): both exist, or neither does. The pgqrs dashboard is
+mounted at /pgqrs on the same engine, read-only (needs ``pip install 'pgqrs[dashboard]'``).
 
 Run it: PGQRS_DSN=postgresql://localhost/mydb uvicorn examples.fastapi_app:app
 """
@@ -22,6 +23,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+import pgqrs.dashboard
 from pgqrs import Admin, Producer, QueueAlreadyExistsError
 
 DSN = os.environ.get("PGQRS_DSN", "postgresql://localhost/mydb")
@@ -61,6 +63,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 app = FastAPI(lifespan=lifespan)
+# Queues, dead letters and workers at /pgqrs/, on the app's engine (pgqrs never disposes
+# it). Read-only: pass actions=True to allow replay, suspend, ... and put it behind the
+# app's own authentication before exposing it.
+app.mount("/pgqrs", pgqrs.dashboard.app(engine))
 
 
 class TaskRequest(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from pgqrs.admin import Admin
+from pgqrs.config import Config
 from pgqrs.consumer import Consumer
 from pgqrs.errors import (
     ConfigurationError,
@@ -26,9 +27,11 @@ from pgqrs.producer import Producer
 from pgqrs.settings import Settings
 from pgqrs.types import (
     ArchivedMessage,
+    Outcome,
     QueueInfo,
     QueueMessage,
     QueueMetrics,
+    Settled,
     SystemStats,
     WorkerHealthStats,
     WorkerInfo,
@@ -43,10 +46,12 @@ logging.getLogger("pgqrs").addHandler(logging.NullHandler())
 __all__ = [
     "Admin",
     "ArchivedMessage",
+    "Config",
     "ConfigurationError",
     "Consumer",
     "DatabaseError",
     "DatabaseUnavailableError",
+    "Outcome",
     "PgqrsError",
     "Producer",
     "QueueAlreadyExistsError",
@@ -59,6 +64,7 @@ __all__ = [
     "SchemaNotInstalledError",
     "SchemaVersionMismatchError",
     "Settings",
+    "Settled",
     "StateError",
     "SystemStats",
     "ValidationError",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import builtins
 
-from pgqrs import errors
+from pgqrs import _validation, errors
 from pgqrs._db import Database
 from pgqrs.repositories import (
     ArchiveRepository,
@@ -152,13 +152,34 @@ class Archive(_Accessor):
         async with self._db.transaction() as conn:
             return await self._archive.delete(conn, archive_id)
 
-    async def list_dlq_messages(self, limit: int | None = None, offset: int = 0, *,
+    async def list_dlq_messages(self, limit: int | None = None, offset: int = 0,
+                                *original: int,
                                 queue: str | None = None) -> builtins.list[ArchivedMessage]:
-        """Dead letters, oldest first."""
+        """Dead letters, oldest first.
+
+        The original binding's ``list_dlq_messages(max_attempts, limit, offset)`` also
+        works: with three positional numbers the first is its ``max_attempts``, which is
+        checked and not needed (a dead letter is marked as one when it is archived).
+        """
+        if original:
+            if len(original) > 1:
+                raise errors.ValidationError(
+                    "list_dlq_messages takes (limit, offset) or the original binding's "
+                    "(max_attempts, limit, offset)")
+            _validation.positive_int("max_attempts", limit)
+            limit, offset = offset, original[0]
         return await self.list(limit, offset, queue=queue, dead=True)
 
-    async def dlq_count(self, queue: str | None = None) -> int:
-        """Number of dead letters."""
+    async def dlq_count(self, queue: str | int | None = None) -> int:
+        """Number of dead letters, optionally of one queue.
+
+        The original binding's ``dlq_count(max_attempts)`` also works: an int argument is
+        its ``max_attempts``, checked and not needed (a dead letter is marked as one when it
+        is archived, by its queue's threshold), so all dead letters are counted.
+        """
+        if isinstance(queue, int):
+            _validation.positive_int("max_attempts", queue)  # refuses True/False too
+            queue = None
         return await self.count(queue, dead=True)
 
     async def list_by_worker(self, worker_id: int, limit: int | None = None,

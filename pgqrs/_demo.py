@@ -1,7 +1,8 @@
 """``pgqrs demo``: the seed's full example, end to end, narrated.
 
 With a DSN it uses that database; without one it starts a throw-away PostgreSQL
-(``pgqrs._ephemeral``) and removes it afterwards.
+(``pgqrs.testing.EphemeralPostgres``, configured by ``PGQRS_PG_BINDIR``,
+``PGQRS_PG_TMPDIR`` and ``PGQRS_PG_USER``) and removes it afterwards.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ def _database(dsn: str | None, out: TextIO) -> Iterator[str]:
     if dsn:
         yield dsn
         return
-    from pgqrs import _ephemeral
+    from pgqrs.testing import EphemeralPostgres, EphemeralPostgresError
 
     try:
-        server = _ephemeral.EphemeralPostgres()
+        server = EphemeralPostgres.from_env()
         server.start()
-    except _ephemeral.EphemeralPostgresError as exc:
+    except EphemeralPostgresError as exc:
         raise errors.ConfigurationError(str(exc).splitlines()[0]) from exc
     out.write(f"No DSN given: started a throw-away PostgreSQL {server.version} from "
               f"{server.bindir} at {server.dsn}\n")

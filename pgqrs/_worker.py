@@ -4,6 +4,8 @@ A client registers its ``(hostname, port)`` row on first use (construction does 
 then keeps it alive with a background heartbeat task. If the event loop shuts down while
 the client is still open (``asyncio.run`` cancels leftover tasks), the heartbeat task
 closes the client on its way out, so an unclosed client never leaves a "live" row behind.
+A client created from an Admin (``Producer(admin, ...)``) shares the Admin's engine and is
+registered before the Admin's next call (``pgqrs._compat``).
 """
 
 from __future__ import annotations
@@ -13,15 +15,18 @@ import contextlib
 import logging
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pgqrs import _validation, errors
+from pgqrs import _compat, _validation, errors
 from pgqrs._db import Database
 from pgqrs.repositories import MessageRepository, QueueRepository, WorkerRepository
 from pgqrs.settings import Settings
 from pgqrs.types import WorkerStatus
+
+if TYPE_CHECKING:
+    from pgqrs.admin import Admin
 
 log = logging.getLogger("pgqrs")
 
@@ -33,7 +38,7 @@ class WorkerClient:
 
     def __init__(
         self,
-        dsn: str | AsyncEngine,
+        dsn: str | AsyncEngine | Admin,
         queue: str,
         hostname: str,
         port: int,
@@ -41,8 +46,12 @@ class WorkerClient:
     ) -> None:
         self.queue_name = _validation.queue_name(queue)
         self.hostname, self.port = _validation.worker_identity(hostname, port)
-        self.settings = Settings.build(**options)
-        self._db = Database(dsn, self.settings)
+        admin_db = _compat.lender(dsn)  # created from an Admin: share its engine and settings
+        if admin_db is not None:
+            self.settings, self._db = _compat.client_database(admin_db, options)
+        else:
+            self.settings = Settings.build(**options)
+            self._db = Database(dsn, self.settings)  # type: ignore[arg-type]
         schema = self.settings.schema
         self._queues = QueueRepository(schema)
         self._workers = WorkerRepository(schema)
@@ -55,6 +64,9 @@ class WorkerClient:
         self._register_lock: asyncio.Lock | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._closed = False
+        if admin_db is not None:
+            # Registered before the Admin's next call (no I/O here); see pgqrs._compat.
+            admin_db.adopt(self)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(queue={self.queue_name!r}, hostname={self.hostname!r}, "

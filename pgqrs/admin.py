@@ -8,8 +8,8 @@ from typing import Any, Self
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from pgqrs import _accessors, _validation, errors, migrate
-from pgqrs._db import Database
+from pgqrs import _accessors, _compat, _validation, errors, migrate
+from pgqrs.config import Config
 from pgqrs.repositories import (
     ArchiveRepository,
     MessageRepository,
@@ -36,21 +36,29 @@ class Admin:
             await admin.install()
             await admin.create_queue("tasks")
 
+    ``Producer(admin, ...)`` and ``Consumer(admin, ...)`` share this Admin's engine and
+    settings; they show up in ``get_workers()`` at the Admin's next call.
+
     Args:
-        dsn: a PostgreSQL URL or the application's ``AsyncEngine`` (never disposed).
+        dsn: a PostgreSQL URL, the application's ``AsyncEngine`` (never disposed), or a
+            ``pgqrs.Config`` (the original binding's style; these keywords override it).
         schema: schema of the pgqrs tables (default ``public`` or ``PGQRS_SCHEMA``).
         max_read_ct: deliveries after which a message counts as a dead letter in metrics
-            and ``dlq()`` (match your consumers' ``max_read_ct``).
+            and ``dlq()`` (match your consumers' ``max_read_ct``); default 5.
         **options: other ``Settings`` options.
     """
 
-    def __init__(self, dsn: str | AsyncEngine, *, schema: str | None = None,
-                 max_read_ct: int = 5, **options: Any) -> None:
+    def __init__(self, dsn: str | AsyncEngine | Config, *, schema: str | None = None,
+                 max_read_ct: int | None = None, **options: Any) -> None:
+        dsn, schema, max_read_ct, options, client_defaults = _compat.unpack_config(
+            dsn, schema, max_read_ct, options)
         self.settings = Settings.build(schema=schema, **options)
-        self.max_read_ct = _validation.positive_int("max_read_ct", max_read_ct)
+        self.max_read_ct = _validation.positive_int(
+            "max_read_ct", 5 if max_read_ct is None else max_read_ct)
         # Unpooled: administration is occasional, and an Admin that is never closed (as in
         # the seed's examples) must not leave connections behind.
-        self._db = Database(dsn, self.settings, pooled=False)
+        self._db = _compat.AdminDatabase(dsn, self.settings, pooled=False,
+                                         client_defaults=client_defaults)
         schema = self.settings.schema
         self._queues = QueueRepository(schema)
         self._workers = WorkerRepository(schema)
@@ -186,17 +194,24 @@ class Admin:
         async with self._db.transaction() as conn:
             return await self._workers.health(conn, stale_after=stale, by_queue=group_by_queue)
 
-    async def reclaim_messages(self, queue: str, older_than: float | None = None) -> int:
+    async def reclaim_messages(self, queue: str, older_than: float | None = None, *,
+                               older_than_seconds: float | None = None) -> int:
         """Zombie reclaim: stop workers silent for ``older_than`` seconds, release their work.
 
         Args:
             queue: the queue whose workers to check.
             older_than: heartbeat age in seconds (default: the stale threshold, three
                 heartbeat intervals).
+            older_than_seconds: the original binding's name for ``older_than``.
 
         Returns:
             How many messages were released.
         """
+        if older_than_seconds is not None:
+            if older_than is not None:
+                raise errors.ValidationError(
+                    "pass older_than or older_than_seconds (its original name), not both")
+            older_than = older_than_seconds
         name = _validation.queue_name(queue)
         age = (self.settings.stale_threshold if older_than is None
                else _validation.seconds("older_than", older_than))

@@ -3,30 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pgqrs import _notify, _validation, errors
+from pgqrs import _compat, _consume, _notify, _validation, errors
+from pgqrs._consume import Handler, HandlerWrapper, SettledHook
 from pgqrs._worker import WorkerClient
+from pgqrs.config import DEFAULT_LOCK_TIME_SECONDS
 from pgqrs.types import QueueMessage, WorkerStatus
+
+if TYPE_CHECKING:
+    from pgqrs.admin import Admin
 
 log = logging.getLogger("pgqrs")
 
-Handler = Callable[[QueueMessage], Awaitable[object]]
-"""An async function that processes one message; raising means "failed, retry later"."""
-
 _READY_ONLY = (WorkerStatus.READY,)
-_IDLE_WAIT = 60.0
-"""How long one idle wait of the consume loop lasts before it starts another."""
 _MIN_WAIT = 0.01
 """Shortest wait between claims of a waiting consumer (seconds)."""
-_MAX_RETRY_DELAY = 30.0
-"""Longest pause of the consume loop between attempts while the database is away."""
 _LISTEN_RECHECK = 5.0
 """Seconds between safety re-checks while LISTEN is active (notifications do the work)."""
 _LIVE = (WorkerStatus.READY, WorkerStatus.SUSPENDED)
@@ -48,26 +44,32 @@ class Consumer(WorkerClient):
                 await consumer.archive(message.id)
 
     Args:
-        dsn: a PostgreSQL URL or the application's ``AsyncEngine``.
+        dsn: a PostgreSQL URL, the application's ``AsyncEngine``, or an ``Admin`` whose
+            engine and settings to share (the original binding's style).
         queue: name of an existing queue.
         hostname: worker identity, with ``port``.
         port: worker identity, with ``hostname``.
-        visibility_timeout: default lease in seconds.
+        visibility_timeout: default lease in seconds (default 30, or the Admin's
+            ``Config.default_lock_time_seconds``).
         max_read_ct: deliveries after which a message is a dead letter.
         poll_interval: how often a waiting consumer polls when LISTEN/NOTIFY is not
             available (pgbouncer transaction mode); with it, waits end on notification.
         **options: ``Settings`` options (``schema``, ``heartbeat_interval``, ...).
     """
 
-    def __init__(self, dsn: str | AsyncEngine, queue: str, hostname: str, port: int, *,
-                 visibility_timeout: float = 30, max_read_ct: int = 5,
+    def __init__(self, dsn: str | AsyncEngine | Admin, queue: str, hostname: str, port: int, *,
+                 visibility_timeout: float | None = None, max_read_ct: int = 5,
                  poll_interval: float = 1.0, **options: Any) -> None:
-        super().__init__(dsn, queue, hostname, port, **options)
+        if visibility_timeout is None:
+            visibility_timeout = (_compat.client_default(dsn, "visibility_timeout")
+                                  or DEFAULT_LOCK_TIME_SECONDS)
+        # Checked before the base registers with an Admin, so a rejected consumer never does.
         self.visibility_timeout = _validation.seconds("visibility_timeout", visibility_timeout,
                                                       allow_zero=False)
         self.max_read_ct = _validation.positive_int("max_read_ct", max_read_ct)
         self.poll_interval = _validation.seconds("poll_interval", poll_interval,
                                                  allow_zero=False)
+        super().__init__(dsn, queue, hostname, port, **options)
         self._listener: _notify.Listener | None = None
         self._listener_loop = 0
 
@@ -250,8 +252,8 @@ class Consumer(WorkerClient):
         poll = (self.poll_interval if poll_interval is None else
                 _validation.seconds("poll_interval", poll_interval, allow_zero=False))
         while True:
-            for message in await self._claim(batch_size, self.visibility_timeout, _IDLE_WAIT,
-                                             poll=poll):
+            for message in await self._claim(batch_size, self.visibility_timeout,
+                                             _consume.IDLE_WAIT, poll=poll):
                 yield message
 
     async def consume(
@@ -266,7 +268,9 @@ class Consumer(WorkerClient):
         grace_period: float = 30.0,
         stop: asyncio.Event | None = None,
         stop_when_idle: bool = False,
-        handle_signals: bool = False,
+        handle_signals: bool | None = None,
+        on_settled: SettledHook | None = None,
+        around_handler: HandlerWrapper | None = None,
     ) -> int:
         """Run ``handler`` on every message until stopped; return how many succeeded.
 
@@ -275,9 +279,21 @@ class Consumer(WorkerClient):
         on the last allowed delivery it goes to the archive as a dead letter instead. A
         handler running longer than half the lease gets its lease extended.
 
-        Stopping (``stop`` set, SIGTERM/SIGINT with ``handle_signals``, or cancelling the
-        task running ``consume``) takes no new work, lets in-flight handlers finish within
+        Stopping (``stop`` set, SIGTERM/SIGINT, or cancelling the task running
+        ``consume``) takes no new work, lets in-flight handlers finish within
         ``grace_period`` seconds and releases whatever is left.
+
+        Every delivery ends in exactly one ``Settled`` event (succeeded, retried,
+        dead-lettered, released on stop, or abandoned when no outcome could be written),
+        passed to ``on_settled`` once the database has recorded it: for successes, after
+        the batched archive statement committed, so the hook may run a little after the
+        handler returned.
+
+        Example:
+            async def count(event: Settled) -> None:
+                counts[event.outcome] += 1
+
+            await consumer.consume(handle, on_settled=count)
 
         Args:
             handler: ``async def handler(message) -> Any``.
@@ -291,201 +307,71 @@ class Consumer(WorkerClient):
             stop: an event that stops the loop when set.
             stop_when_idle: return once nothing is left that could still be delivered to
                 this consumer (no visible, delayed or leased messages; dead letters aside).
-            handle_signals: stop gracefully on SIGTERM and SIGINT (main thread only).
+            handle_signals: stop gracefully on SIGTERM and SIGINT. ``None`` (default):
+                only in the main thread of a process whose handlers are still Python's
+                defaults, so a host's own handlers (uvicorn, gunicorn) are left alone;
+                ``True``: take them anyway (main thread only); ``False``: never. The
+                previous handlers are restored when the loop returns, and as soon as
+                the first signal arrives (a second one acts as without pgqrs).
+            on_settled: ``def`` or ``async def hook(event: Settled)``, called once per
+                delivery after its outcome is recorded; it runs on the loop's task, so
+                keep it quick. An exception it raises is logged and ignored.
+            around_handler: ``message -> async context manager`` entered around each
+                handler call, in the handler's task (for a tracing span or context
+                variables). Whatever it raises counts as the handler failing; an
+                exception it swallows counts as success.
+
+        Raises:
+            ValidationError: an option is out of range or a hook is not callable.
+            StateError: the worker is stopped, or was taken over by another process.
         """
-        loop = _ConsumeLoop(self, handler, batch_size=batch_size, concurrency=concurrency,
-                            poll_interval=poll_interval or self.poll_interval,
-                            backoff_base=backoff_base, backoff_max=backoff_max,
-                            grace_period=grace_period,
-                            stop=stop or asyncio.Event(), stop_when_idle=stop_when_idle)
+        loop = _consume.ConsumeLoop(
+            _LoopSource(self), handler, batch_size=batch_size, concurrency=concurrency,
+            poll_interval=poll_interval or self.poll_interval, backoff_base=backoff_base,
+            backoff_max=backoff_max, grace_period=grace_period, stop=stop,
+            stop_when_idle=stop_when_idle, on_settled=on_settled,
+            around_handler=around_handler,
+        )
         return await loop.run(handle_signals=handle_signals)
 
 
-class _ConsumeLoop:
-    """State of one ``Consumer.consume`` run."""
+class _LoopSource:
+    """The Consumer as its consume loop sees it (``_consume.MessageSource``)."""
 
-    def __init__(self, consumer: Consumer, handler: Handler, *, batch_size: int,
-                 concurrency: int, poll_interval: float, backoff_base: float,
-                 backoff_max: float, grace_period: float, stop: asyncio.Event,
-                 stop_when_idle: bool) -> None:
-        self.consumer = consumer
-        self.handler = handler
-        self.batch_size = _validation.positive_int("batch_size", batch_size)
-        self.concurrency = _validation.positive_int("concurrency", concurrency)
-        self.poll = _validation.seconds("poll_interval", poll_interval, allow_zero=False)
-        self.backoff_base = _validation.seconds("backoff_base", backoff_base)
-        self.backoff_max = _validation.seconds("backoff_max", backoff_max)
-        self.grace = _validation.seconds("grace_period", grace_period)
-        self.stop = stop
-        self.stop_when_idle = stop_when_idle
-        self.in_flight: dict[asyncio.Task[None], QueueMessage] = {}
-        self.acks: list[int] = []
-        self.succeeded = 0
+    __slots__ = ("_consumer",)
 
-    async def run(self, *, handle_signals: bool) -> int:
-        installed: list[signal.Signals] = []
-        if handle_signals:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                    loop.add_signal_handler(sig, self.stop.set)
-                    installed.append(sig)
-        try:
-            await self._claim_loop()
-        finally:
-            # Also on cancellation: finish or release what we hold, then let it propagate.
-            await asyncio.shield(self._drain())
-            for sig in installed:
-                asyncio.get_running_loop().remove_signal_handler(sig)
-        return self.succeeded
+    def __init__(self, consumer: Consumer) -> None:
+        self._consumer = consumer
 
-    async def _claim_loop(self) -> None:
-        failures = 0
-        while not self.stop.is_set():
-            capacity = self.concurrency - len(self.in_flight)
-            if capacity <= 0:
-                await asyncio.wait(list(self.in_flight), return_when=asyncio.FIRST_COMPLETED)
-                await self._flush()
-                continue
-            try:
-                batch = await self._next_batch(min(self.batch_size, capacity))
-                failures = 0
-            except errors.StateError:
-                # Suspended from outside: pause until resumed; stopped or replaced: end.
-                if not await self._paused():
-                    return
-                continue
-            except errors.DatabaseError as exc:
-                # The database is away (restart, failover): keep the loop alive and retry.
-                failures += 1
-                delay = min(self.poll * 2 ** (failures - 1), _MAX_RETRY_DELAY)
-                log.warning("pgqrs consume: %s; retrying in %.1fs", exc, delay)
-                await self._sleep(delay)
-                continue
-            if batch is None:
-                return
-            for message in batch:
-                task = asyncio.create_task(self._process(message))
-                self.in_flight[task] = message
-                task.add_done_callback(self._forget)
-            if len(self.acks) >= self.batch_size:
-                await self._flush()
+    @property
+    def visibility_timeout(self) -> float:
+        return self._consumer.visibility_timeout
 
-    async def _next_batch(self, limit: int) -> list[QueueMessage] | None:
-        """Claim what is there now, else wait; None once idle with ``stop_when_idle``."""
-        consumer, lease = self.consumer, self.consumer.visibility_timeout
-        wait = _IDLE_WAIT
-        if self.in_flight or self.acks or self.stop_when_idle:
-            batch = await consumer._claim(limit, lease, 0)
-            if batch:
-                return batch
-            while True:
-                await self._flush()
-                if self.in_flight:
-                    await asyncio.wait(list(self.in_flight), timeout=self.poll,
-                                       return_when=asyncio.FIRST_COMPLETED)
-                    return []
-                if not self.acks:
-                    break
-                # A handler finished (and queued its ack) while we were flushing: flush
-                # that too before going idle, or the ack would wait out the idle period.
-            if self.stop_when_idle:
-                # Idle means nothing left that could still come to us: retries waiting
-                # out their backoff and leases running elsewhere count as work to do.
-                due = await consumer._seconds_until_due()
-                if due is None:
-                    return None
-                wait = due + self.poll
-        # Nothing in hand: claim, and if the queue is empty block until NOTIFY (or polling,
-        # or the next due message) or stop.
-        return await consumer._claim(limit, lease, wait, self.stop, self.poll)
+    @property
+    def max_read_ct(self) -> int:
+        return self._consumer.max_read_ct
 
-    async def _paused(self) -> bool:
-        """Wait while the worker is suspended; False once it is stopped or replaced."""
-        if self.consumer._replaced:
-            return False
-        try:
-            status = await self.consumer.status()
-        except errors.DatabaseError:
-            status = WorkerStatus.SUSPENDED  # can't tell yet: look again after a pause
-        if status is WorkerStatus.STOPPED:
-            return False
-        await self._sleep(self.poll)
-        return True
+    async def claim(self, limit: int, lease: float, wait: float,
+                    stop: asyncio.Event | None = None,
+                    poll: float | None = None) -> list[QueueMessage]:
+        return await self._consumer._claim(limit, lease, wait, stop, poll)
 
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stop.wait(), seconds)
+    async def seconds_until_due(self) -> float | None:
+        return await self._consumer._seconds_until_due()
 
-    def _forget(self, task: asyncio.Task[None]) -> None:
-        self.in_flight.pop(task, None)
+    async def archive(self, ids: Sequence[int], *, dead: bool = False) -> list[bool]:
+        # Looked up on each call, so a test can wrap the Consumer's public methods.
+        if dead:
+            return await self._consumer.archive_dead(ids)
+        return await self._consumer.archive_batch(ids)
 
-    async def _process(self, message: QueueMessage) -> None:
-        # Most handlers finish long before half the lease: a timer (cheaper than a task
-        # per message) starts the lease keeper only for those that do not.
-        loop = asyncio.get_running_loop()
-        keeper: list[asyncio.Task[None]] = []
-        timer = loop.call_later(self.consumer.visibility_timeout / 2, lambda: keeper.append(
-            loop.create_task(self._keep_leased(message.id))))
-        try:
-            await self.handler(message)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            await self._failed(message, exc)
-        else:
-            self.acks.append(message.id)
-            self.succeeded += 1
-        finally:
-            timer.cancel()
-            for task in keeper:
-                task.cancel()
+    async def release(self, ids: Sequence[int], *, delay: float | None = None) -> int:
+        return await self._consumer.release(ids, delay=delay)
 
-    async def _keep_leased(self, message_id: int) -> None:
-        lease = self.consumer.visibility_timeout
-        while True:
-            try:
-                if not await self.consumer.extend_visibility(message_id, lease):
-                    return  # lost it (redelivered elsewhere); the ack will be refused
-            except errors.PgqrsError as exc:
-                log.warning("pgqrs could not extend the lease of %s: %s", message_id, exc)
-            await asyncio.sleep(lease / 2)
+    async def extend(self, message_id: int, seconds: float) -> bool:
+        return await self._consumer.extend_visibility(message_id, seconds)
 
-    async def _failed(self, message: QueueMessage, exc: Exception) -> None:
-        try:
-            if message.read_ct >= self.consumer.max_read_ct:
-                log.error("pgqrs message %s failed %s times, dead-lettered: %r",
-                          message.id, message.read_ct, exc)
-                await self.consumer.archive_dead([message.id])
-            else:
-                delay = min(self.backoff_base * 2 ** (message.read_ct - 1), self.backoff_max)
-                log.warning("pgqrs message %s failed (attempt %s), retry in %.1fs: %r",
-                            message.id, message.read_ct, delay, exc)
-                await self.consumer.release([message.id], delay=delay)
-        except errors.PgqrsError as db_exc:
-            # The lease will run out and the message comes back anyway.
-            log.warning("pgqrs could not release message %s: %s", message.id, db_exc)
-
-    async def _flush(self) -> None:
-        if not self.acks:
-            return
-        ids, self.acks = self.acks, []
-        try:
-            await self.consumer.archive_batch(ids)
-        except errors.DatabaseError as exc:
-            # Keep them for the next flush; if the leases run out first, the fence refuses
-            # the late ack and the messages are redelivered (at least once).
-            self.acks[:0] = ids
-            log.warning("pgqrs could not archive %d message(s) yet: %s", len(ids), exc)
-
-    async def _drain(self) -> None:
-        if self.in_flight:
-            _, pending = await asyncio.wait(list(self.in_flight), timeout=self.grace)
-            leftover = [self.in_flight[t].id for t in pending if t in self.in_flight]
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            if leftover:
-                with contextlib.suppress(errors.PgqrsError):
-                    await self.consumer.release(leftover)
-        await self._flush()
+    async def is_stopped(self) -> bool:
+        if self._consumer._replaced:
+            return True
+        return await self._consumer.status() is WorkerStatus.STOPPED

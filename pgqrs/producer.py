@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from pgqrs import _validation
 from pgqrs._worker import WorkerClient
 from pgqrs.types import WorkerStatus
+
+if TYPE_CHECKING:
+    from pgqrs.admin import Admin
 
 _CAN_ENQUEUE = (WorkerStatus.READY, WorkerStatus.SUSPENDED)
 
@@ -25,15 +28,16 @@ class Producer(WorkerClient):
             message_id = await producer.enqueue({"action": "send_email"})
 
     Args:
-        dsn: a PostgreSQL URL (``postgresql://``, ``postgres://``, ``postgresql+asyncpg://``)
-            or the application's ``AsyncEngine`` (shared, never disposed).
+        dsn: a PostgreSQL URL (``postgresql://``, ``postgres://``, ``postgresql+asyncpg://``),
+            the application's ``AsyncEngine`` (shared, never disposed), or an ``Admin``
+            whose engine and settings to share (the original binding's style).
         queue: name of an existing queue.
         hostname: worker identity, with ``port``; unique among live workers.
         port: worker identity, with ``hostname``.
         **options: ``Settings`` options (``schema``, ``max_payload_bytes``, ``rate_limit``, ...).
     """
 
-    def __init__(self, dsn: str | AsyncEngine, queue: str, hostname: str, port: int,
+    def __init__(self, dsn: str | AsyncEngine | Admin, queue: str, hostname: str, port: int,
                  **options: Any) -> None:
         super().__init__(dsn, queue, hostname, port, **options)
         rate = self.settings.rate_limit

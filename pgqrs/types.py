@@ -9,11 +9,18 @@ from typing import Any
 
 
 class WorkerStatus(enum.StrEnum):
-    """Lifecycle state of a worker (a Producer or Consumer identity)."""
+    """Lifecycle state of a worker (a Producer or Consumer identity).
+
+    ``Ready``, ``Suspended`` and ``Stopped`` (the original binding's names) are aliases:
+    ``WorkerStatus.Ready is WorkerStatus.READY``.
+    """
 
     READY = "ready"
     SUSPENDED = "suspended"
     STOPPED = "stopped"
+    Ready = "ready"
+    Suspended = "suspended"
+    Stopped = "stopped"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,3 +116,43 @@ class WorkerHealthStats:
     suspended_workers: int
     stopped_workers: int
     stale_workers: int
+
+
+class Outcome(enum.StrEnum):
+    """How the consume loop settled one delivery of a message (``Settled.outcome``)."""
+
+    SUCCEEDED = "succeeded"
+    """The handler returned and the message is in the archive."""
+    RETRIED = "retried"
+    """The handler raised; the message is back in the queue, visible after ``delay``."""
+    DEAD_LETTERED = "dead_lettered"
+    """The handler raised on the last allowed delivery; archived as a dead letter."""
+    RELEASED = "released"
+    """The loop stopped before the handler finished; the message is visible again at once."""
+    ABANDONED = "abandoned"
+    """No outcome could be written: the consumer no longer held the message (its lease ran
+    out) or the database stayed out of reach. The message is delivered again when its lease
+    ends (at least once, never lost)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """One delivery settled by ``Consumer.consume``, as passed to its ``on_settled`` hook.
+
+    A delivery is settled once the database has recorded its outcome (the archive, dead
+    letter or release statement committed), or once the loop gave up on recording one
+    (``Outcome.ABANDONED``). Every delivery the loop claims is settled exactly once.
+    """
+
+    message: QueueMessage
+    """The message as claimed (``message.read_ct`` is this delivery's number)."""
+    outcome: Outcome
+    """What happened to it."""
+    duration: float | None
+    """Seconds the handler ran (until it returned, raised or was cancelled); None if it
+    never started."""
+    error: BaseException | None = None
+    """What the handler raised (retried, dead-lettered, and abandoned after a failure);
+    None when it returned or never ran."""
+    delay: float | None = None
+    """For ``RETRIED``: seconds until the message is visible again; None otherwise."""

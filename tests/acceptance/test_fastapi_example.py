@@ -46,6 +46,16 @@ async def test_row_and_message_commit_together_or_not_at_all(
             assert rejected.status_code == 422
             assert await counts(empty_dsn) == (1, 1)  # neither the row nor the message
 
+            # The dashboard mounted on the app's engine shows the app's queue, read-only.
+            page = await client.get("/pgqrs/")
+            assert page.status_code == 200, page.text
+            assert 'href="/pgqrs/queue?name=tasks"' in page.text and "read-only" in page.text
+            queue = await client.get("/pgqrs/queue?name=tasks")
+            assert "pending (1)" in queue.text and "email" in queue.text
+            refused = await client.post("/pgqrs/workers/status",
+                                        data={"id": "1", "status": "stopped"})
+            assert refused.status_code == 403
+
     conn = await asyncpg.connect(empty_dsn)
     try:
         payload = await conn.fetchval("SELECT payload FROM pgqrs_messages")

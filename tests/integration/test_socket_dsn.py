@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pgqrs import Admin, Consumer, Producer
-from pgqrs._ephemeral import EphemeralPostgres
+from pgqrs.testing import EphemeralPostgres
 
 
 async def test_unix_socket_dsn_with_libpq_parameters() -> None:

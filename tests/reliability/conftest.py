@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from pgqrs._ephemeral import EphemeralPostgres
+from pgqrs.testing import EphemeralPostgres
 
 from .support import (
     AuthServer,
@@ -76,9 +76,10 @@ def auth_server() -> Iterator[AuthServer]:
 
 
 @pytest.fixture(scope="session")
-def pgbouncer(server_dsn: str) -> Iterator[Bouncer]:
+def pgbouncer(request: pytest.FixtureRequest) -> Iterator[Bouncer]:
     """pgbouncer in transaction-pooling mode in front of the session's server."""
-    binary = find_pgbouncer()
+    binary = find_pgbouncer()  # first: without pgbouncer, skip (or fail) before any server
+    server_dsn: str = request.getfixturevalue("server_dsn")
     target = urlsplit(server_dsn)
     root = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
     directory = Path(tempfile.mkdtemp(prefix="pgqrs-bouncer-", dir=root))

@@ -9,8 +9,6 @@ import itertools
 import json
 import os
 import pwd
-import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -22,9 +20,9 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
-import pytest
+from _programs import require_program
 
-from pgqrs._ephemeral import EphemeralPostgres
+from pgqrs.testing import EphemeralPostgres
 
 HERE = Path(__file__).resolve().parent
 PROC = HERE / "proc.py"
@@ -217,15 +215,8 @@ def lease_overlaps(deliveries: list[dict[str, Any]]) -> list[tuple[dict[str, Any
 def restart_postgres(server: EphemeralPostgres, how: str, outage: float) -> float:
     """Stop the postmaster (``fast``: SIGINT, ``immediate``: SIGQUIT), stay down for
     ``outage`` seconds, start it again on the same port and data; the down time."""
-    proc = server._proc
-    assert proc is not None
     began = time.monotonic()
-    proc.send_signal(signal.SIGINT if how == "fast" else signal.SIGQUIT)
-    proc.wait(30)
-    server._proc = None
-    time.sleep(outage)
-    server._requested_port = server._port  # come back where the clients expect it
-    server._launch(server.bindir, server.directory)
+    server.restart(how, downtime=outage)
     return time.monotonic() - began
 
 
@@ -275,13 +266,7 @@ def unprivileged_user() -> pwd.struct_passwd | None:
 
 
 def find_pgbouncer() -> str:
-    found = shutil.which("pgbouncer") or next(
-        (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.access(p, os.X_OK)),
-        None)
-    if found is None:
-        pytest.fail(f"pgbouncer is not installed; install it with `{PGBOUNCER_APT}` "
-                    "(the reliability suite tests pgqrs behind pgbouncer and never skips)",
-                    pytrace=False)
-    return found
+    """pgbouncer's path; a missing one skips the test locally and fails it in CI."""
+    return require_program("pgbouncer", install=PGBOUNCER_APT)
 
 

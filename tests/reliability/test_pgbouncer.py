@@ -5,6 +5,10 @@ unprivileged user with ``pool_mode = transaction`` and ``default_pool_size = 3``
 of the session's server, so many pgqrs clients share three server connections. The whole
 public API runs through it, in ``public`` and in another schema, next to a client that
 poisons the shared server connections' ``search_path``; ``dequeue(wait=...)`` polls.
+
+Without pgbouncer on ``PATH`` these tests skip with that install command as the reason; with
+``CI`` set they fail instead (``tests/_programs.py``). ``pgbouncer`` comes before
+``server_dsn`` in the tests' arguments so that a missing pgbouncer starts no server.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ OPTS: dict[str, Any] = {"pgbouncer": True}
 
 @pytest.mark.timeout(10)
 def test_pgbouncer_is_installed() -> None:
-    """Fails (never skips) with the command to run when pgbouncer is missing."""
+    """Names the command to run when pgbouncer is missing: skipped locally, failed in CI."""
     assert os.access(find_pgbouncer(), os.X_OK)
 
 
@@ -58,7 +62,7 @@ async def poison_search_path(bouncer_dsn: str) -> None:
 
 
 @pytest.mark.timeout(120)
-async def test_public_api_through_pgbouncer(server_dsn: str, pgbouncer: Bouncer) -> None:
+async def test_public_api_through_pgbouncer(pgbouncer: Bouncer, server_dsn: str) -> None:
     direct = await fresh_database(server_dsn, "pgqrs_bouncer_api")
     dsn = pgbouncer.dsn_for(direct)
     try:
@@ -177,7 +181,7 @@ async def test_public_api_through_pgbouncer(server_dsn: str, pgbouncer: Bouncer)
 
 
 @pytest.mark.timeout(60)
-async def test_wait_falls_back_to_polling(server_dsn: str, pgbouncer: Bouncer) -> None:
+async def test_wait_falls_back_to_polling(pgbouncer: Bouncer, server_dsn: str) -> None:
     direct = await fresh_database(server_dsn, "pgqrs_bouncer_wait")
     dsn = pgbouncer.dsn_for(direct)
     try:
@@ -227,8 +231,8 @@ async def test_wait_falls_back_to_polling(server_dsn: str, pgbouncer: Bouncer) -
 
 
 @pytest.mark.timeout(120)
-async def test_many_clients_share_three_server_connections(server_dsn: str,
-                                                           pgbouncer: Bouncer) -> None:
+async def test_many_clients_share_three_server_connections(pgbouncer: Bouncer,
+                                                           server_dsn: str) -> None:
     direct = await fresh_database(server_dsn, "pgqrs_bouncer_load")
     dsn = pgbouncer.dsn_for(direct)
     per_producer, producers, consumers = 500, 4, 4
@@ -307,7 +311,7 @@ async def test_many_clients_share_three_server_connections(server_dsn: str,
 
 
 @pytest.mark.timeout(60)
-async def test_cli_through_pgbouncer(server_dsn: str, pgbouncer: Bouncer) -> None:
+async def test_cli_through_pgbouncer(pgbouncer: Bouncer, server_dsn: str) -> None:
     direct = await fresh_database(server_dsn, "pgqrs_bouncer_cli")
     dsn = pgbouncer.dsn_for(direct)
     env = {**os.environ, "PGQRS_PGBOUNCER": "1", "PGQRS_DSN": dsn}

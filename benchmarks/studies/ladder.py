@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python -m benchmarks.ladder [--calls 3000] [--dsn URL]
+    python -m benchmarks.studies.ladder [--calls 3000] [--dsn URL]
 
 Every rung runs the same statements on the same server (a fresh database each), one
 client, ``calls`` times after a warm-up, and prints wall and client-CPU microseconds per
@@ -17,8 +17,9 @@ that layer costs:
    connection with a prepared statement (what a hot path could do inside SQLAlchemy's pool)
 6. pgqrs itself (``Producer.enqueue`` / ``Consumer.dequeue`` + ``archive_batch``)
 
-The SQLAlchemy statements are built here from ``pgqrs.models`` in the shape pgqrs uses,
-not imported from pgqrs's private modules, so this keeps working while pgqrs changes.
+Every rung runs pgqrs's own statements (``benchmarks/pgqrs_sql.py``): the SQLAlchemy
+constructs of ``pgqrs.repositories.messages`` on rungs 2-4, the same compiled to SQL text
+on rungs 1 and 5. The enqueue leaves out pgqrs's NOTIFY, as the floor's does.
 """
 
 from __future__ import annotations
@@ -33,50 +34,16 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
-from sqlalchemy import ARRAY, BigInteger, Interval, bindparam, func, insert, literal_column, select
-from sqlalchemy import delete as sa_delete
-from sqlalchemy import update as sa_update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from benchmarks import scenarios
+from benchmarks import pgqrs_sql, scenarios
 from benchmarks.server import QUEUE, Databases, default_tmpdir, server
-from benchmarks.sides import ARCHIVE, DEQUEUE, ENQUEUE, REGISTER, encode
+from benchmarks.sides import REGISTER, encode
 from pgqrs import Consumer, Producer
-from pgqrs.models import archive_table, messages_table, workers_table
 
-_m, _a, _w = messages_table, archive_table, workers_table
-_NOW = func.now()
-
-SA_ENQUEUE = insert(_m).values(
-    queue_id=bindparam("q", type_=BigInteger), payload=bindparam("p"),
-    vt=_NOW + bindparam("d", type_=Interval), producer_worker_id=bindparam("w", type_=BigInteger),
-).returning(_m.c.id)
-
-_claim = (
-    select(_m.c.id)
-    .where(_m.c.queue_id == bindparam("q", type_=BigInteger), _m.c.vt <= _NOW,
-           _m.c.read_ct < bindparam("max_read_ct"),
-           select(_w.c.id).where(_w.c.id == bindparam("w", type_=BigInteger),
-                                 _w.c.status == "ready").exists())
-    .order_by(_m.c.id).limit(bindparam("limit")).with_for_update(skip_locked=True).cte("claim")
-)
-SA_DEQUEUE = (
-    sa_update(_m).where(_m.c.id == _claim.c.id)
-    .values(vt=_NOW + bindparam("lease", type_=Interval), read_ct=_m.c.read_ct + 1,
-            dequeued_at=_NOW, consumer_worker_id=bindparam("w", type_=BigInteger))
-    .returning(*_m.c)
-)
-_moved = (sa_delete(_m)
-          .where(_m.c.id == func.any(bindparam("ids", type_=ARRAY(BigInteger))),
-                 _m.c.consumer_worker_id == bindparam("w", type_=BigInteger))
-          .returning(*_m.c).cte("moved"))
-SA_ARCHIVE = insert(_a).from_select(
-    ["original_msg_id", "queue_id", "payload", "enqueued_at", "vt", "read_ct", "dequeued_at",
-     "producer_worker_id", "consumer_worker_id", "dead_letter"],
-    select(_moved.c.id, _moved.c.queue_id, _moved.c.payload, _moved.c.enqueued_at,
-           _moved.c.vt, _moved.c.read_ct, _moved.c.dequeued_at, _moved.c.producer_worker_id,
-           _moved.c.consumer_worker_id, literal_column("false")),
-).returning(_a.c.original_msg_id)
+SA_ENQUEUE = pgqrs_sql.without_notify(pgqrs_sql.pgqrs_statement("_ENQUEUE"))
+SA_DEQUEUE = pgqrs_sql.pgqrs_statement("_DEQUEUE")
+SA_ARCHIVE = pgqrs_sql.pgqrs_statement("_ARCHIVE")
 
 Call = Callable[[], Awaitable[object]]
 _LEASE = timedelta(seconds=30)
@@ -100,31 +67,39 @@ def _sa_calls(run: Callable[[Any, dict[str, Any]], Awaitable[Any]], q: int, w: i
     n = iter(range(10**9))
 
     async def enqueue() -> object:
-        result = await run(SA_ENQUEUE, {"q": q, "p": scenarios.payload(next(n)),
-                                        "d": timedelta(0), "w": w})
+        result = await run(SA_ENQUEUE, {"p_queue_id": q,
+                                        "p_payload": encode(scenarios.payload(next(n))),
+                                        "p_delay": timedelta(0), "p_worker_id": w})
         return result.scalar_one()
 
     async def cycle() -> object:
-        rows = [r for r in await run(SA_DEQUEUE, {"q": q, "w": w, "limit": 1,
-                                                  "max_read_ct": 5, "lease": _LEASE})]
-        result = await run(SA_ARCHIVE, {"ids": [r.id for r in rows], "w": w})
+        rows = [r for r in await run(SA_DEQUEUE, {
+            "p_queue_id": q, "p_worker_id": w, "p_limit": 1, "p_max_read_ct": 5,
+            "p_lease": _LEASE})]
+        result = await run(SA_ARCHIVE, {"p_ids": [r.id for r in rows], "p_worker_id": w})
         return list(result.scalars())
 
     return enqueue, cycle
 
 
 async def _asyncpg_calls(conn: asyncpg.Connection, q: int, w: int) -> tuple[Call, Call]:
-    enq, deq, arc = [await conn.prepare(s) for s in (ENQUEUE, DEQUEUE, ARCHIVE)]
+    statements = (pgqrs_sql.enqueue(), pgqrs_sql.claim(), pgqrs_sql.archive())
+    enq, deq, arc = [await conn.prepare(s.sql) for s in statements]
+    enq_args = statements[0].binder("p_payload", p_queue_id=q, p_delay=timedelta(0),
+                                    p_worker_id=w)
+    deq_args = statements[1].binder("p_limit", p_queue_id=q, p_max_read_ct=5, p_worker_id=w,
+                                    p_lease=_LEASE)
+    arc_args = statements[2].binder("p_ids", p_worker_id=w)
     n = iter(range(10**9))
 
     async def enqueue() -> object:
-        return await enq.fetchval(q, encode(scenarios.payload(next(n))), timedelta(0), w)
+        return await enq.fetchval(*enq_args(encode(scenarios.payload(next(n)))))
 
     async def cycle() -> object:
-        rows = await deq.fetch(q, 5, w, 1, _LEASE)
+        rows = await deq.fetch(*deq_args(1))
         # SQLAlchemy's pool connections decode jsonb already (its codec); plain ones don't.
-        _ = [r[2] if isinstance(r[2], dict) else json.loads(r[2]) for r in rows]
-        return await arc.fetch([r[0] for r in rows], w)
+        _ = [p if isinstance(p := r["payload"], dict) else json.loads(p) for r in rows]
+        return await arc.fetch(*arc_args([r["id"] for r in rows]))
 
     return enqueue, cycle
 
@@ -232,8 +207,9 @@ async def _run(dsn: str, calls: int, rungs: Sequence[int], repeats: int) -> None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m benchmarks.ladder``."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.ladder", description=__doc__,
+    """Entry point of ``python -m benchmarks.studies.ladder``."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.studies.ladder",
+                                     description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--repeats", type=int, default=3)

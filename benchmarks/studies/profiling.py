@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python -m benchmarks.profiling [--calls 2000] [--dsn URL] [--top 25] [--dump DIR]
+    python -m benchmarks.studies.profiling [--calls 2000] [--dsn URL] [--top 25] [--dump DIR]
 
 For each side it times, then profiles (cProfile with a CPU-time clock, so waiting for the
 server and being preempted by other processes do not count), ``calls`` single enqueues
@@ -242,8 +242,8 @@ async def _run(args: argparse.Namespace, dsn: str, log: Path | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m benchmarks.profiling``."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.profiling",
+    """Entry point of ``python -m benchmarks.studies.profiling``."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.studies.profiling",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=2000)

@@ -1,0 +1,9 @@
+"""One-off studies behind docs/benchmarks.md: not run by CI, kept to reproduce its tables.
+
+Run from the repository root::
+
+    python -m benchmarks.studies.ladder     # client cost of each layer, asyncpg to pgqrs
+    python -m benchmarks.studies.profiling  # where pgqrs spends client time per call
+"""
+
+from __future__ import annotations

@@ -1,0 +1,399 @@
+"""The worker loop behind ``Consumer.consume``: claim, run handlers, settle every message.
+
+The loop sees its consumer only through ``MessageSource`` (claim, time until due, and the
+statements that record an outcome), so it never touches the Consumer's internals. Every
+delivery it claims is settled exactly once, in ``ConsumeLoop._settle``: that is where the
+``on_settled`` hook is called, after the database agreed (successes are archived in
+batches by ``AckBatcher``). Signal handling lives in ``pgqrs._signals``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import NamedTuple, Protocol
+
+from pgqrs import _signals, _validation, errors
+from pgqrs.types import Outcome, QueueMessage, Settled
+
+log = logging.getLogger("pgqrs")
+
+Handler = Callable[[QueueMessage], Awaitable[object]]
+"""An async function that processes one message; raising means "failed, retry later"."""
+SettledHook = Callable[[Settled], Awaitable[None] | None]
+"""``on_settled``: called once per delivery after its outcome is recorded."""
+HandlerWrapper = Callable[[QueueMessage], contextlib.AbstractAsyncContextManager[object]]
+"""``around_handler``: an async context manager entered around each handler call."""
+
+IDLE_WAIT = 60.0
+"""How long one idle wait of the consume loop lasts before it starts another."""
+_MAX_RETRY_DELAY = 30.0
+"""Longest pause of the consume loop between attempts while the database is away."""
+
+
+class MessageSource(Protocol):
+    """What the consume loop needs from its consumer, and nothing more."""
+
+    @property
+    def visibility_timeout(self) -> float:
+        """The lease given to claimed messages, in seconds."""
+
+    @property
+    def max_read_ct(self) -> int:
+        """Deliveries after which a failing message becomes a dead letter."""
+
+    async def claim(self, limit: int, lease: float, wait: float,
+                    stop: asyncio.Event | None = None,
+                    poll: float | None = None) -> list[QueueMessage]:
+        """Claim up to ``limit`` messages; if none and ``wait`` > 0, wait for some."""
+
+    async def seconds_until_due(self) -> float | None:
+        """Seconds until a delayed or leased message becomes claimable; None if none."""
+
+    async def archive(self, ids: Sequence[int], *, dead: bool = False) -> list[bool]:
+        """Archive held messages in one statement; one bool per id (False: not held)."""
+
+    async def release(self, ids: Sequence[int], *, delay: float | None = None) -> int:
+        """Give held messages back, visible after ``delay``; return how many were held."""
+
+    async def extend(self, message_id: int, seconds: float) -> bool:
+        """Extend a held message's lease; False if it is no longer held."""
+
+    async def is_stopped(self) -> bool:
+        """True once the worker was stopped or taken over from outside."""
+
+
+class _Delivery:
+    """One claimed message on its way through the loop."""
+
+    __slots__ = ("duration", "message", "owner")
+
+    def __init__(self, message: QueueMessage) -> None:
+        self.message = message
+        self.duration: float | None = None
+        # Who settles it: "" while the handler may run, "task" once the handler is done,
+        # "drain" once stopping took it over. Set without an await in between, so exactly
+        # one of them ever settles the delivery.
+        self.owner = ""
+
+
+class _Round(NamedTuple):
+    """What one claim round produced."""
+
+    messages: list[QueueMessage]
+    idle: bool = False
+    """``stop_when_idle`` only: nothing is left that could still reach this consumer."""
+
+
+class AckBatcher:
+    """Queues successful deliveries and archives them in one statement per flush."""
+
+    def __init__(self, archive: Callable[[list[int]], Awaitable[list[bool]]],
+                 settle: Callable[[list[_Delivery], Outcome], Awaitable[None]]) -> None:
+        self._archive = archive
+        self._settle = settle
+        self._pending: list[_Delivery] = []
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, delivery: _Delivery) -> None:
+        """Queue a delivery whose handler returned; ``flush()`` archives it."""
+        self._pending.append(delivery)
+
+    async def flush(self) -> None:
+        """Archive what is queued; settle each as succeeded, or abandoned if refused.
+
+        On a ``DatabaseError`` the deliveries stay queued for the next flush (if their
+        leases run out first, the fence refuses the late ack: delivered again, at least
+        once). A ``StateError`` (worker stopped or replaced) abandons them and propagates.
+        """
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        try:
+            done = await self._archive([d.message.id for d in batch])
+        except errors.DatabaseError as exc:
+            self._pending[:0] = batch
+            log.warning("pgqrs could not archive %d message(s) yet: %s", len(batch), exc)
+            return
+        except errors.StateError:
+            await self.abandon(batch)
+            raise
+        if all(done):
+            await self._settle(batch, Outcome.SUCCEEDED)
+            return
+        refused = [d for d, ok in zip(batch, done, strict=True) if not ok]
+        log.warning("pgqrs could not archive message(s) %s: no longer held by this "
+                    "consumer (lease ran out); they will be delivered again",
+                    [d.message.id for d in refused])
+        await self._settle([d for d, ok in zip(batch, done, strict=True) if ok],
+                           Outcome.SUCCEEDED)
+        await self._settle(refused, Outcome.ABANDONED)
+
+    async def abandon(self, batch: list[_Delivery] | None = None) -> None:
+        """Settle queued deliveries as abandoned (the loop is ending without the database)."""
+        if batch is None:
+            batch, self._pending = self._pending, []
+        if batch:
+            await self._settle(batch, Outcome.ABANDONED)
+
+
+class ConsumeLoop:
+    """State of one ``Consumer.consume`` run."""
+
+    def __init__(self, source: MessageSource, handler: Handler, *, batch_size: int,
+                 concurrency: int, poll_interval: float, backoff_base: float,
+                 backoff_max: float, grace_period: float, stop: asyncio.Event | None,
+                 stop_when_idle: bool, on_settled: SettledHook | None = None,
+                 around_handler: HandlerWrapper | None = None) -> None:
+        for name, value in (("handler", handler), ("on_settled", on_settled),
+                            ("around_handler", around_handler)):
+            if not callable(value) and (value is not None or name == "handler"):
+                raise errors.ValidationError(f"{name} must be callable, got {value!r:.40}")
+        self.source = source
+        self.handler = handler
+        self.batch_size = _validation.positive_int("batch_size", batch_size)
+        self.concurrency = _validation.positive_int("concurrency", concurrency)
+        self.poll = _validation.seconds("poll_interval", poll_interval, allow_zero=False)
+        self.backoff_base = _validation.seconds("backoff_base", backoff_base)
+        self.backoff_max = _validation.seconds("backoff_max", backoff_max)
+        self.grace = _validation.seconds("grace_period", grace_period)
+        self.stop = stop if stop is not None else asyncio.Event()
+        self.stop_when_idle = stop_when_idle
+        self.on_settled = on_settled
+        self.around_handler = around_handler
+        self.in_flight: dict[asyncio.Task[None], _Delivery] = {}
+        self.acks = AckBatcher(source.archive, self._settle)
+        self.succeeded = 0
+
+    async def run(self, *, handle_signals: bool | None) -> int:
+        """Consume until stopped; return how many messages were archived as succeeded."""
+        if handle_signals is not None and not isinstance(handle_signals, bool):
+            raise errors.ValidationError(
+                f"handle_signals must be True, False or None, got {handle_signals!r:.40}")
+        with _signals.stop_on_signals(self.stop, handle_signals):
+            # Lets a loop that waits on busy handlers notice a stop at once.
+            stopping = asyncio.create_task(self.stop.wait())
+            try:
+                await self._claim_loop(stopping)
+            finally:
+                stopping.cancel()
+                # Also on cancellation: finish or release what we hold, then let it propagate.
+                await asyncio.shield(self._drain())
+        return self.succeeded
+
+    # -- claiming ---------------------------------------------------------------------------
+
+    async def _claim_loop(self, stopping: asyncio.Task[object]) -> None:
+        failures = 0
+        while not self.stop.is_set():
+            capacity = self.concurrency - len(self.in_flight)
+            if capacity <= 0:
+                await asyncio.wait([stopping, *self.in_flight],
+                                   return_when=asyncio.FIRST_COMPLETED)
+                await self.acks.flush()
+                continue
+            try:
+                claimed = await self._next_round(min(self.batch_size, capacity))
+                failures = 0
+            except errors.StateError:
+                # Suspended from outside: pause until resumed; stopped or replaced: end.
+                if not await self._paused():
+                    return
+                continue
+            except errors.DatabaseError as exc:
+                # The database is away (restart, failover): keep the loop alive and retry.
+                failures += 1
+                delay = min(self.poll * 2 ** (failures - 1), _MAX_RETRY_DELAY)
+                log.warning("pgqrs consume: %s; retrying in %.1fs", exc, delay)
+                await self._sleep(delay)
+                continue
+            if claimed.idle:
+                return
+            for message in claimed.messages:
+                delivery = _Delivery(message)
+                task = asyncio.create_task(self._process(delivery))
+                self.in_flight[task] = delivery
+                task.add_done_callback(self._forget)
+            if len(self.acks) >= self.batch_size:
+                await self.acks.flush()
+
+    async def _next_round(self, limit: int) -> _Round:
+        """Claim what is there now, else wait (on handlers, NOTIFY or the next due message)."""
+        source, lease = self.source, self.source.visibility_timeout
+        wait = IDLE_WAIT
+        if self.in_flight or self.acks or self.stop_when_idle:
+            batch = await source.claim(limit, lease, 0)
+            if batch:
+                return _Round(batch)
+            while True:
+                await self.acks.flush()
+                if self.in_flight:
+                    await asyncio.wait(list(self.in_flight), timeout=self.poll,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    return _Round([])
+                if not self.acks:
+                    break
+                # A handler finished (and queued its ack) while we were flushing: flush
+                # that too before going idle, or the ack would wait out the idle period.
+            if self.stop_when_idle:
+                # Idle means nothing left that could still come to us: retries waiting
+                # out their backoff and leases running elsewhere count as work to do.
+                due = await source.seconds_until_due()
+                if due is None:
+                    return _Round([], idle=True)
+                wait = due + self.poll
+        # Nothing in hand: claim, and if the queue is empty block until NOTIFY (or polling,
+        # or the next due message) or stop.
+        return _Round(await source.claim(limit, lease, wait, self.stop, self.poll))
+
+    async def _paused(self) -> bool:
+        """Wait while the worker is suspended; False once it is stopped or replaced."""
+        try:
+            if await self.source.is_stopped():
+                return False
+        except errors.DatabaseError:
+            pass  # can't tell yet: look again after a pause
+        await self._sleep(self.poll)
+        return True
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), seconds)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self.in_flight.pop(task, None)
+
+    # -- one message ------------------------------------------------------------------------
+
+    async def _process(self, delivery: _Delivery) -> None:
+        # Most handlers finish long before half the lease: a timer (cheaper than a task
+        # per message) starts the lease keeper only for those that do not.
+        loop = asyncio.get_running_loop()
+        message = delivery.message
+        keeper: list[asyncio.Task[None]] = []
+        timer = loop.call_later(self.source.visibility_timeout / 2, lambda: keeper.append(
+            loop.create_task(self._keep_leased(message.id))))
+        try:
+            error: Exception | None = None
+            try:
+                if self.around_handler is None:
+                    started = loop.time()
+                    try:
+                        await self.handler(message)
+                    finally:
+                        delivery.duration = loop.time() - started
+                else:
+                    async with self.around_handler(message):
+                        await self._run_handler(delivery)
+            except Exception as exc:
+                error = exc
+            if delivery.owner:
+                return  # stopping took it over (a handler that swallowed its cancellation)
+            delivery.owner = "task"
+            if error is None:
+                self.acks.add(delivery)
+            else:
+                await self._failed(delivery, error)
+        finally:
+            timer.cancel()
+            for task in keeper:
+                task.cancel()
+
+    async def _run_handler(self, delivery: _Delivery) -> None:
+        """Run the handler inside ``around_handler``; time only the handler itself."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            await self.handler(delivery.message)
+        finally:
+            delivery.duration = loop.time() - started
+
+    async def _keep_leased(self, message_id: int) -> None:
+        lease = self.source.visibility_timeout
+        while True:
+            try:
+                if not await self.source.extend(message_id, lease):
+                    return  # lost it (redelivered elsewhere); the ack will be refused
+            except errors.PgqrsError as exc:
+                log.warning("pgqrs could not extend the lease of %s: %s", message_id, exc)
+            await asyncio.sleep(lease / 2)
+
+    async def _failed(self, delivery: _Delivery, exc: Exception) -> None:
+        message = delivery.message
+        outcome, delay = Outcome.ABANDONED, None
+        try:
+            if message.read_ct >= self.source.max_read_ct:
+                log.error("pgqrs message %s failed %s times, dead-lettered: %r",
+                          message.id, message.read_ct, exc)
+                if (await self.source.archive([message.id], dead=True))[0]:
+                    outcome = Outcome.DEAD_LETTERED
+            else:
+                backoff = min(self.backoff_base * 2 ** (message.read_ct - 1), self.backoff_max)
+                log.warning("pgqrs message %s failed (attempt %s), retry in %.1fs: %r",
+                            message.id, message.read_ct, backoff, exc)
+                if await self.source.release([message.id], delay=backoff) == 1:
+                    outcome, delay = Outcome.RETRIED, backoff
+        except errors.PgqrsError as db_exc:
+            # The lease will run out and the message comes back anyway.
+            log.warning("pgqrs could not release message %s: %s", message.id, db_exc)
+        await self._settle([delivery], outcome, error=exc, delay=delay)
+
+    # -- stopping ---------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        if self.in_flight:
+            _, pending = await asyncio.wait(list(self.in_flight), timeout=self.grace)
+            stopped = [(t, d) for t, d in self.in_flight.items() if t in pending and not d.owner]
+            for task, delivery in stopped:
+                delivery.owner = "drain"
+                task.cancel()
+            if pending:  # cancelled handlers end; settling ones finish their statement
+                await asyncio.wait(pending)
+            await self._release_stopped([d for _, d in stopped])
+        try:
+            await self.acks.flush()
+        finally:
+            await self.acks.abandon()
+
+    async def _release_stopped(self, deliveries: list[_Delivery]) -> None:
+        """Give back the messages whose handlers were cancelled, visible again at once."""
+        reachable = True
+        for delivery in deliveries:
+            # One statement each, so every message is reported as what really happened
+            # (at most ``concurrency`` of them, once, at shutdown).
+            released = False
+            if reachable:
+                try:
+                    released = await self.source.release([delivery.message.id]) == 1
+                except errors.PgqrsError as exc:
+                    log.warning("pgqrs could not release message %s on stop: %s",
+                                delivery.message.id, exc)
+                    reachable = False
+            await self._settle([delivery], Outcome.RELEASED if released else Outcome.ABANDONED)
+
+    # -- the one place every outcome passes through ----------------------------------------
+
+    async def _settle(self, deliveries: list[_Delivery], outcome: Outcome, *,
+                      error: BaseException | None = None, delay: float | None = None) -> None:
+        """Count settled deliveries and tell the ``on_settled`` hook; never raises.
+
+        Called once the database recorded ``outcome`` (or the loop gave up on recording
+        one), with one delivery, or with the batch one archive statement acknowledged.
+        """
+        if outcome is Outcome.SUCCEEDED:
+            self.succeeded += len(deliveries)
+        if self.on_settled is None:
+            return
+        for delivery in deliveries:
+            event = Settled(delivery.message, outcome, delivery.duration, error, delay)
+            try:
+                result = self.on_settled(event)
+                if result is not None:
+                    await result
+            except Exception:
+                log.exception("pgqrs on_settled hook failed for message %s (%s); the loop "
+                              "carries on", delivery.message.id, outcome)
