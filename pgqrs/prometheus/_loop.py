@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 from pgqrs import _validation
-from pgqrs.types import QueueMessage
+from pgqrs.types import Outcome, Settled
 
-OUTCOMES = ("succeeded", "retried", "dead_lettered", "released", "abandoned")
+OUTCOMES = tuple(str(o) for o in Outcome)
 """Every ``pgqrs.Outcome`` value; each gets its series at 0 before the first delivery."""
 
 HANDLER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -25,22 +24,6 @@ HANDLER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                 300.0, 900.0, 3600.0)
 """Buckets of ``pgqrs_enqueue_to_start_seconds``: from 5 ms to an hour of backlog."""
-
-
-class SettledEvent(Protocol):
-    """What ``ConsumeMetrics`` reads from a ``pgqrs.Settled`` event."""
-
-    @property
-    def message(self) -> QueueMessage:
-        """The delivered message, as claimed."""
-
-    @property
-    def outcome(self) -> str:
-        """The outcome (a ``pgqrs.Outcome``, which is a ``str``)."""
-
-    @property
-    def duration(self) -> float | None:
-        """Seconds the handler ran; None if it never started."""
 
 
 class _Families:
@@ -115,7 +98,7 @@ class ConsumeMetrics:
     def __repr__(self) -> str:
         return f"ConsumeMetrics(queue={self.queue!r})"
 
-    def __call__(self, event: SettledEvent) -> None:
+    def __call__(self, event: Settled) -> None:
         """Record one settled delivery (the ``on_settled`` hook; never blocks)."""
         outcome = str(event.outcome)
         counter = self._consumed.get(outcome)

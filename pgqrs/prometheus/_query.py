@@ -90,7 +90,8 @@ SELECT v.revision, now() AS now, q.queue_name,
                               - (SELECT count(*) FROM archive_mcv), 1)))::bigint)
            ELSE (SELECT count(*) FROM {s}.pgqrs_archive a WHERE a.queue_id = q.id)
        END AS archived,
-       capped.n >= :exact_limit AS archived_estimated
+       capped.n >= :exact_limit AND (SELECT n FROM archive_rows) IS NOT NULL
+           AS archived_estimated
 FROM (SELECT (SELECT version_num FROM {s}.pgqrs_alembic_version LIMIT 1) AS revision) v
 LEFT JOIN {s}.pgqrs_queues q ON true
 LEFT JOIN live l ON l.queue_id = q.id
