@@ -137,3 +137,40 @@ def test_consume_metrics_share_a_registry_and_validate_the_queue() -> None:
     for bad in ("", "x" * 1000, 7):
         with pytest.raises(ValidationError):
             ConsumeMetrics(bad, registry=registry)  # type: ignore[arg-type]
+
+
+def test_histograms_match_prometheus_clients_own() -> None:
+    # The hook keeps its own buckets (cheaper than prometheus_client's metric objects); for
+    # the same observations the exposition must be the same, boundaries included.
+    from datetime import UTC, datetime, timedelta
+
+    from prometheus_client import Histogram
+
+    from pgqrs import Outcome, Settled
+    from pgqrs.prometheus._loop import HANDLER_BUCKETS
+
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    metrics = ConsumeMetrics("q", registry=ours)
+    reference = Histogram("pgqrs_handler_duration_seconds", "", ["queue"], registry=theirs,
+                          buckets=HANDLER_BUCKETS).labels("q")
+    now = datetime.now(UTC)
+    message = QueueMessage(1, 1, {}, now, now - timedelta(seconds=2), 1, now, None, None)
+    for duration in (0.0, 0.001, 0.0011, 0.5, 2.5, 299.9, 300.0, 301.0, 1e9, *HANDLER_BUCKETS):
+        metrics(Settled(message, Outcome.SUCCEEDED, duration))
+        reference.observe(duration)
+
+    def samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+        return {(s.name, s.labels.get("le", "")): s.value for m in registry.collect()
+                if m.name == "pgqrs_handler_duration_seconds" for s in m.samples
+                if not s.name.endswith("_created")}
+
+    assert samples(ours) == samples(theirs)
+    assert ours.get_sample_value("pgqrs_enqueue_to_start_seconds_bucket",
+                                 {"queue": "q", "le": "2.5"}) == 25
+    assert ours.get_sample_value("pgqrs_enqueue_to_start_seconds_bucket",
+                                 {"queue": "q", "le": "1.0"}) == 0
+    # A delivery whose handler never ran counts, and observes nothing.
+    metrics(Settled(message, Outcome.ABANDONED, None))
+    assert ours.get_sample_value("pgqrs_consumed_total",
+                                 {"queue": "q", "outcome": "abandoned"}) == 1
+    assert ours.get_sample_value("pgqrs_handler_duration_seconds_count", {"queue": "q"}) == 25
