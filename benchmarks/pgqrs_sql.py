@@ -23,17 +23,19 @@ from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.sql.selectable import CTE
 
 from pgqrs.repositories import messages
-from pgqrs.repositories._base import Repository
+from pgqrs.repositories._base import Statement
+from pgqrs.repositories._base import _compile as pgqrs_compile
 from pgqrs.settings import Settings
 
 
 def pgqrs_statement(name: str) -> Any:
     """The SQLAlchemy statement behind ``pgqrs.repositories.messages.<name>``."""
-    return getattr(messages, name)
+    statement = getattr(messages, name)
+    return statement.executable if isinstance(statement, Statement) else statement
 
 
 def _compile(statement: Any, schema: str) -> tuple[str, tuple[str, ...], dict[str, Any]]:
-    compiled = Repository(schema)._compile(statement, PGDialect_asyncpg())
+    compiled = pgqrs_compile(statement, schema, PGDialect_asyncpg())
     # Only the literals pgqrs binds have a value; a parameter the floor does not pass must
     # raise (KeyError in ``args``), not run as NULL.
     defaults = {n: v for n, v in compiled.defaults.items() if v is not None}

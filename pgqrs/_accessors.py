@@ -7,21 +7,16 @@ from __future__ import annotations
 
 import builtins
 
-from pgqrs import _validation, errors
-from pgqrs._db import Database
-from pgqrs.repositories import (
-    ArchiveRepository,
-    MessageRepository,
-    QueueRepository,
-    WorkerRepository,
-)
+from pgqrs import _validation, errors, repositories
+from pgqrs._db import Backend
 from pgqrs.types import ArchivedMessage, QueueInfo, QueueMessage, WorkerInfo
 
 
 class _Accessor:
-    def __init__(self, db: Database, schema: str) -> None:
+    def __init__(self, db: Backend, schema: str) -> None:
         self._db = db
-        self._queues = QueueRepository(schema)
+        self._repos = repositories.for_schema(schema)
+        self._queues = self._repos.queues
 
     async def _queue_id(self, queue: str | None) -> int | None:
         if queue is None:
@@ -55,9 +50,9 @@ class Queues(_Accessor):
 class Workers(_Accessor):
     """``pgqrs_workers``: ``count()``, ``list()``, ``get(id)``, optionally by queue."""
 
-    def __init__(self, db: Database, schema: str) -> None:
+    def __init__(self, db: Backend, schema: str) -> None:
         super().__init__(db, schema)
-        self._workers = WorkerRepository(schema)
+        self._workers = self._repos.workers
 
     async def count(self, queue: str | None = None) -> int:
         """Number of workers, optionally of one queue."""
@@ -84,9 +79,9 @@ class Workers(_Accessor):
 class Messages(_Accessor):
     """``pgqrs_messages``: ``count()``, ``list()``, ``get(id)``, by queue and/or worker."""
 
-    def __init__(self, db: Database, schema: str) -> None:
+    def __init__(self, db: Backend, schema: str) -> None:
         super().__init__(db, schema)
-        self._messages = MessageRepository(schema)
+        self._messages = self._repos.messages
 
     async def count(self, queue: str | None = None, *, worker_id: int | None = None) -> int:
         """Number of live messages."""
@@ -121,9 +116,9 @@ class Messages(_Accessor):
 class Archive(_Accessor):
     """``pgqrs_archive``: listing, counts, dead letters and per-worker queries."""
 
-    def __init__(self, db: Database, schema: str) -> None:
+    def __init__(self, db: Backend, schema: str) -> None:
         super().__init__(db, schema)
-        self._archive = ArchiveRepository(schema)
+        self._archive = self._repos.archive
 
     async def count(self, queue: str | None = None, *, worker_id: int | None = None,
                     dead: bool | None = None) -> int:

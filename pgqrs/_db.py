@@ -3,24 +3,90 @@
 A DSN makes pgqrs create (and later dispose) its own engine. A host ``AsyncEngine`` is
 shared and never disposed or reconfigured. A lent session or connection is joined as is:
 pgqrs never commits, rolls back or closes it.
+
+Clients reach the database through a ``Backend``: ``Database`` here (asyncio, asyncpg), or
+the sync facade's ``pgqrs.sync._db.SyncDatabase``, which answers the same calls with the
+application's synchronous ``Engine`` so that the one async implementation serves both.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import asyncpg
-from sqlalchemy import Engine, Executable, Result
+from sqlalchemy import Connection, Engine, Executable, Result
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from pgqrs import _dsn, errors
 from pgqrs.repositories import Executor
 from pgqrs.settings import Settings
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Backend(Protocol):
+    """What a client runs on: ``Database``, or the sync facade's ``SyncDatabase``."""
+
+    settings: Settings
+    identity: str
+    """Who the database is (URL with password), to share one LISTEN connection per server."""
+    background_tasks: bool
+    """True if tasks may run between calls (an asyncio application's event loop). False
+    for the sync facade, whose loop runs only during a call: its workers beat on use."""
+
+    def transaction(self, lent: Any = None,
+                    **context: Any) -> AbstractAsyncContextManager[Executor]:
+        """``lent`` as is, or a new transaction that commits on exit."""
+        ...
+
+    def statement(self, lent: Any = None) -> AbstractAsyncContextManager[Executor]:
+        """An executor for one atomic statement: ``lent`` as is, else autocommit."""
+        ...
+
+    def lock(self) -> AbstractAsyncContextManager[Any]:
+        """A lock for a client's shared state, right for the way calls run concurrently."""
+        ...
+
+    async def run_sync(self, executor: Executor, fn: Callable[Concatenate[Connection, P], T],
+                       *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn(connection, ...)`` on the synchronous face of ``executor`` (Alembic)."""
+        ...
+
+    async def detached_driver_connection(self) -> Any:
+        """A connection of its own for LISTEN (asyncio only)."""
+        ...
+
+    async def dispose(self) -> None:
+        """Free what the backend owns; never what it was lent."""
+        ...
+
+
+class Source(abc.ABC):
+    """Stands in for a DSN to give a client another ``Backend`` (the sync facade's)."""
+
+    @abc.abstractmethod
+    def open(self, settings: Settings) -> Backend:
+        """The backend for a client with ``settings``."""
+
+
+def open_backend(target: str | AsyncEngine | Source, settings: Settings, *,
+                 pooled: bool = True) -> Backend:
+    """The backend for a client's ``dsn`` argument (see ``Database`` for the options).
+
+    Raises:
+        ConfigurationError: ``target`` is neither a PostgreSQL DSN nor an ``AsyncEngine``.
+    """
+    if isinstance(target, Source):
+        return target.open(settings)
+    return Database(target, settings, pooled=pooled)
 
 
 def create_engine(dsn: str, settings: Settings, *, pooled: bool = True) -> AsyncEngine:
@@ -78,7 +144,8 @@ class DriverConnection:
     async def wrap(cls, conn: AsyncConnection) -> DriverConnection:
         """Wrap ``conn``; the driver fast path is used only with asyncpg."""
         driver = None
-        if conn.dialect.driver == "asyncpg":
+        # The compiled statements use $n placeholders (see repositories.Statement.compile).
+        if conn.dialect.driver == "asyncpg" and conn.dialect.paramstyle == "numeric_dollar":
             driver = (await conn.get_raw_connection()).driver_connection
         return cls(conn, driver)
 
@@ -96,6 +163,8 @@ class DriverConnection:
 
 class Database:
     """The engine a pgqrs client uses, and whether pgqrs owns it."""
+
+    background_tasks = True
 
     def __init__(self, target: str | AsyncEngine, settings: Settings, *,
                  pooled: bool = True) -> None:
@@ -189,6 +258,19 @@ class Database:
                 # Cancelled mid-statement: the connection's state is unknown; replace it.
                 await self._release_held(invalidate=True)
                 raise
+
+    def lock(self) -> asyncio.Lock:
+        """An asyncio lock: a client's calls run as tasks of one event loop."""
+        return asyncio.Lock()
+
+    async def run_sync(self, executor: Executor, fn: Callable[Concatenate[Connection, P], T],
+                       *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn(connection, ...)`` on the synchronous connection under ``executor``."""
+        if isinstance(executor, AsyncSession):
+            executor = await executor.connection()
+        if not isinstance(executor, AsyncConnection):
+            raise TypeError(f"run_sync needs a connection, got {type(executor).__name__}")
+        return await executor.run_sync(fn, *args, **kwargs)
 
     async def _release_held(self, *, invalidate: bool = False) -> None:
         held, self._held = self._held, None

@@ -6,6 +6,11 @@ the client is still open (``asyncio.run`` cancels leftover tasks), the heartbeat
 closes the client on its way out, so an unclosed client never leaves a "live" row behind.
 A client created from an Admin (``Producer(admin, ...)``) shares the Admin's engine and is
 registered before the Admin's next call (``pgqrs._compat``).
+
+On a backend whose event loop runs only during a call (the sync facade), no task can beat
+between calls: the client beats *on use* instead, on the first call that comes a
+heartbeat interval after the last beat, and takes its row back if a reclaim stopped it
+while it was idle.
 """
 
 from __future__ import annotations
@@ -13,15 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pgqrs import _compat, _validation, errors
-from pgqrs._db import Database
-from pgqrs.repositories import MessageRepository, QueueRepository, WorkerRepository
+from pgqrs import _compat, _db, _validation, errors, repositories
 from pgqrs.settings import Settings
 from pgqrs.types import WorkerStatus
 
@@ -47,22 +51,23 @@ class WorkerClient:
         self.queue_name = _validation.queue_name(queue)
         self.hostname, self.port = _validation.worker_identity(hostname, port)
         admin_db = _compat.lender(dsn)  # created from an Admin: share its engine and settings
+        self._db: _db.Backend
         if admin_db is not None:
             self.settings, self._db = _compat.client_database(admin_db, options)
         else:
             self.settings = Settings.build(**options)
-            self._db = Database(dsn, self.settings)  # type: ignore[arg-type]
-        schema = self.settings.schema
-        self._queues = QueueRepository(schema)
-        self._workers = WorkerRepository(schema)
-        self._messages = MessageRepository(schema)
+            self._db = _db.open_backend(dsn, self.settings)  # type: ignore[arg-type]
+        repos = repositories.for_schema(self.settings.schema)
+        self._queues, self._workers, self._messages = repos.queues, repos.workers, repos.messages
         self._worker_id: int | None = None
         self._token: datetime | None = None
         self._replaced = False
         self._queue_id: int | None = None
         self._status: WorkerStatus | None = None
-        self._register_lock: asyncio.Lock | None = None
+        self._register_lock = self._db.lock()
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._beats_on_use = not self._db.background_tasks
+        self._next_beat = 0.0  # on-use mode: monotonic time of the next due heartbeat
         self._closed = False
         if admin_db is not None:
             # Registered before the Admin's next call (no I/O here); see pgqrs._compat.
@@ -90,26 +95,51 @@ class WorkerClient:
         if self._closed:
             raise errors.StateError.refused(str(_STOPPED), "register",
                                             "this client was closed; create a new one")
-        if self._register_lock is None:
-            self._register_lock = asyncio.Lock()
         async with self._register_lock:
             if self._worker_id is None:
-                async with self._db.transaction() as conn:
-                    queue = await self._queues.get(conn, self.queue_name)
-                    worker_id, self._token = await self._workers.register(
-                        conn, hostname=self.hostname, port=self.port, queue_id=queue.id,
-                        stale_after=self.settings.stale_threshold,
-                    )
-                self._queue_id, self._worker_id, self._status = queue.id, worker_id, _READY
-                self._heartbeat_task = asyncio.create_task(
-                    self._heartbeat_loop(), name=f"pgqrs-heartbeat-{worker_id}"
-                )
+                await self._register_row()
         assert self._worker_id is not None
         return self._worker_id
+
+    async def _register_row(self) -> None:
+        """Insert or take over the row, then start beating (call under the lock)."""
+        async with self._db.transaction() as conn:
+            queue = await self._queues.get(conn, self.queue_name)
+            worker_id, self._token = await self._workers.register(
+                conn, hostname=self.hostname, port=self.port, queue_id=queue.id,
+                stale_after=self.settings.stale_threshold,
+            )
+        self._queue_id, self._worker_id, self._status = queue.id, worker_id, _READY
+        if self._beats_on_use:
+            self._next_beat = time.monotonic() + self.settings.heartbeat_interval
+        else:
+            self._heartbeat_task = asyncio.create_task(
+                self._heartbeat_loop(), name=f"pgqrs-heartbeat-{worker_id}"
+            )
+
+    async def _beat_on_use(self) -> None:
+        """On-use mode: beat now that an interval has passed; retake a row stopped idle."""
+        async with self._register_lock:
+            if time.monotonic() < self._next_beat:
+                return  # a concurrent call (another thread of a sync app) just beat
+            self._next_beat = time.monotonic() + self.settings.heartbeat_interval
+            before = self._status
+            await self.heartbeat()
+            if self._status is _STOPPED and before is not _STOPPED:
+                # Nothing beat for this client between calls, so a reclaim took it for dead
+                # and stopped it. Take the row back as a background heartbeat would have
+                # kept it: whatever it held was released (acks of those answer False, as
+                # after a lease runs out).
+                log.info("pgqrs worker %s was stopped while idle; registering it again",
+                         self._worker_id)
+                await self._register_row()
 
     async def _ids(self, operation: str, *allowed: WorkerStatus) -> tuple[int, int]:
         """Register if needed, check the local status; return (worker_id, queue_id)."""
         worker_id = await self.register()
+        if self._beats_on_use and time.monotonic() >= self._next_beat and not self._closed:
+            await self._beat_on_use()
+            worker_id = await self.register()
         assert self._queue_id is not None and self._status is not None
         if self._replaced:
             raise errors.StateError.refused(

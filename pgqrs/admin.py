@@ -8,14 +8,8 @@ from typing import Any, Self
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from pgqrs import _accessors, _compat, _validation, errors, migrate
+from pgqrs import _accessors, _compat, _db, _validation, errors, migrate, repositories
 from pgqrs.config import Config
-from pgqrs.repositories import (
-    ArchiveRepository,
-    MessageRepository,
-    QueueRepository,
-    WorkerRepository,
-)
 from pgqrs.settings import Settings
 from pgqrs.types import (
     QueueInfo,
@@ -57,13 +51,15 @@ class Admin:
             "max_read_ct", 5 if max_read_ct is None else max_read_ct)
         # Unpooled: administration is occasional, and an Admin that is never closed (as in
         # the seed's examples) must not leave connections behind.
-        self._db = _compat.AdminDatabase(dsn, self.settings, pooled=False,
-                                         client_defaults=client_defaults)
-        schema = self.settings.schema
-        self._queues = QueueRepository(schema)
-        self._workers = WorkerRepository(schema)
-        self._messages = MessageRepository(schema)
-        self._archive = ArchiveRepository(schema)
+        self._db: _db.Backend
+        if isinstance(dsn, _db.Source):  # the sync facade's backend
+            self._db = _db.open_backend(dsn, self.settings, pooled=False)
+        else:  # registers clients created from this Admin before its next call (_compat)
+            self._db = _compat.AdminDatabase(dsn, self.settings, pooled=False,
+                                             client_defaults=client_defaults)
+        repos = repositories.for_schema(self.settings.schema)
+        self._queues, self._workers = repos.queues, repos.workers
+        self._messages, self._archive = repos.messages, repos.archive
 
     def __repr__(self) -> str:
         return f"Admin(schema={self.settings.schema!r})"
@@ -83,8 +79,8 @@ class Admin:
         leaves the commit to the caller.
         """
         async with self._db.transaction(connection) as conn:
-            assert isinstance(conn, AsyncConnection)
-            await migrate.install(conn, self.schema)
+            await self._db.run_sync(conn, migrate.lock_sync)
+            await self._db.run_sync(conn, migrate.upgrade_sync, self.schema)
 
     def install_sql(self) -> str:
         """The DDL ``install()`` would run on an empty database (for DBAs); no I/O."""
@@ -98,8 +94,7 @@ class Admin:
             SchemaVersionMismatchError: the database is at another revision.
         """
         async with self._db.transaction() as conn:
-            assert isinstance(conn, AsyncConnection)
-            return await conn.run_sync(migrate.verify_sync, self.schema)
+            return await self._db.run_sync(conn, migrate.verify_sync, self.schema)
 
     # -- queues ---------------------------------------------------------------------------
 
@@ -170,13 +165,12 @@ class Admin:
     async def system_stats(self) -> SystemStats:
         """Queues, workers by status, message and archive counts, schema revision."""
         async with self._db.transaction() as conn:
-            assert isinstance(conn, AsyncConnection)
             queues = await self._queues.count(conn)
             health = await self._workers.health(conn, stale_after=self.settings.stale_threshold,
                                                 by_queue=False)
             messages = await self._messages.count(conn)
             archived = await self._archive.count(conn)
-            revision = await conn.run_sync(migrate.current_revision, self.schema)
+            revision = await self._db.run_sync(conn, migrate.current_revision, self.schema)
         h = health[0]
         return SystemStats(
             total_queues=queues, total_workers=h.total_workers,

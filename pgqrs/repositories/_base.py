@@ -5,10 +5,17 @@ SQLAlchemy (``_execute``). On pgqrs's own autocommit connections, whose driver i
 the hot-path statements (``_rows``) are compiled by SQLAlchemy once per schema and then
 run on the driver connection directly, as prepared statements: SQLAlchemy still builds
 and compiles every statement, but its per-call execution machinery is skipped.
+
+Only a ``Statement`` can take the fast path, and a ``Statement`` can only be created at
+module level, so the compiled SQL cached on each one stays bounded: one entry per schema
+(and dialect class) for each statement pgqrs declares. A statement built per call
+(filters, pagination) is a plain ``Executable`` and goes through ``_execute``, where
+SQLAlchemy's own bounded cache looks after it.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, cast
 
@@ -21,18 +28,23 @@ from sqlalchemy.types import TypeDecorator
 from pgqrs import errors
 
 
-class DriverExecutor(Protocol):
-    """An executor that also exposes its asyncpg driver connection (or None)."""
-
-    driver: Any
-    dialect: Dialect
+class Executes(Protocol):
+    """Anything that runs a statement the way ``AsyncConnection.execute`` does."""
 
     async def execute(self, statement: Executable, parameters: Any = None, *,
                       execution_options: Any = None) -> Result[Any]: ...
 
 
-Executor = AsyncConnection | AsyncSession | DriverExecutor
-"""What repositories run statements on: a (lent) connection or session, or pgqrs's own."""
+class DriverExecutor(Executes, Protocol):
+    """An executor that also exposes its asyncpg driver connection (or None)."""
+
+    driver: Any
+    dialect: Dialect
+
+
+Executor = AsyncConnection | AsyncSession | Executes
+"""What repositories run statements on: a (lent) connection or session, or pgqrs's own
+(including the sync facade's, which answers ``execute`` with a synchronous connection)."""
 
 
 class EncodedJSONB(TypeDecorator[str]):
@@ -46,17 +58,71 @@ class EncodedJSONB(TypeDecorator[str]):
         return None
 
 
-class _Compiled(NamedTuple):
+class Compiled(NamedTuple):
+    """A statement compiled for one schema: SQL text and its positional parameters."""
+
     sql: str
+    """The SQL, with the schema rendered in and ``$n`` placeholders."""
     names: tuple[str, ...]
+    """Bound parameter names in placeholder order."""
     defaults: dict[str, Any]
+    """Values of parameters the statement binds itself (literals folded into binds)."""
+
+
+class Statement:
+    """A module-level statement that the fast path may run on the driver directly.
+
+    Wrap a hot-path statement where it is declared, at module level::
+
+        _EXTEND = Statement(update(_m).where(...).returning(_m.c.id))
+
+    Construction anywhere else raises ``TypeError``: the compiled cache each statement
+    keeps is only bounded because the set of statements is fixed at import.
+    """
+
+    __slots__ = ("_compiled", "executable")
+
+    def __init__(self, executable: Executable) -> None:
+        if sys._getframe(1).f_code.co_name != "<module>":
+            raise TypeError(
+                "Statement() must be created at module level (its compiled cache lives as "
+                "long as the process); run a per-call statement with Repository._execute"
+            )
+        self.executable = executable
+        """The SQLAlchemy construct, for the ordinary (non-driver) path."""
+        self._compiled: dict[tuple[str, type[Dialect]], Compiled] = {}
+
+    def __repr__(self) -> str:
+        return f"Statement({self.executable!r})"
+
+    def compile(self, schema: str, dialect: Dialect) -> Compiled:
+        """The statement compiled for ``schema`` on ``dialect`` (cached per dialect class).
+
+        The class fixes the SQL text because the fast path only runs on asyncpg with its
+        default paramstyle (see ``pgqrs._db.DriverConnection``).
+        """
+        key = (schema, type(dialect))
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = self._compiled[key] = _compile(self.executable, schema, dialect)
+        return compiled
+
+
+def _compile(statement: Executable, schema: str, dialect: Dialect) -> Compiled:
+    compiled: Any = statement.compile(  # type: ignore[attr-defined]
+        dialect=dialect, schema_translate_map={None: schema}, render_schema_translate=True,
+    )
+    names = tuple(compiled.positiontup or ())
+    defaults = {n: compiled.binds[n].effective_value for n in names if n in compiled.binds}
+    return Compiled(str(compiled), names, defaults)
 
 
 class Repository:
     """Base of the repositories: statements run with the schema map, errors translated.
 
     Repositories never commit: the caller (Producer, Consumer, Admin, or the host
-    application through a lent session) owns the transaction.
+    application through a lent session) owns the transaction. They hold no state beyond
+    their schema, so one set per schema is shared by every client (``for_schema``).
     """
 
     def __init__(self, schema: str) -> None:
@@ -65,8 +131,6 @@ class Repository:
         self._options: Mapping[str, Any] = {"schema_translate_map": {None: schema}}
         self.channel = f"pgqrs_{schema}"
         """The NOTIFY channel of this schema (see ``_notify``)."""
-        # Keyed by the statement object itself (module constants), never by id().
-        self._compiled: dict[Executable, _Compiled] = {}
 
     async def _execute(
         self,
@@ -80,27 +144,19 @@ class Repository:
                 statement, dict(params) if params else None, execution_options=self._options
             )
 
-    async def _rows(self, executor: Executor, statement: Executable,
+    async def _rows(self, executor: Executor, statement: Statement,
                     params: Mapping[str, Any], **context: Any) -> Sequence[Mapping[str, Any]]:
         """Run a module-level statement and return its rows as mappings (fast path)."""
         driver = getattr(executor, "driver", None)
         if driver is None:
-            result = await self._execute(executor, statement, params, **context)
+            result = await self._execute(executor, statement.executable, params, **context)
             return cast(Sequence[Mapping[str, Any]], result.mappings().all())
-        compiled = self._compiled.get(statement)
+        dialect = cast(DriverExecutor, executor).dialect
+        # Statement.compile, inlined: this runs on every hot-path call.
+        compiled = statement._compiled.get((self.schema, type(dialect)))
         if compiled is None:
-            dialect = cast(DriverExecutor, executor).dialect
-            compiled = self._compiled[statement] = self._compile(statement, dialect)
+            compiled = statement.compile(self.schema, dialect)
         args = [params[n] if n in params else compiled.defaults[n] for n in compiled.names]
         with errors.translate_db_errors(**context):
             rows: Sequence[Mapping[str, Any]] = await driver.fetch(compiled.sql, *args)
             return rows
-
-    def _compile(self, statement: Executable, dialect: Dialect) -> _Compiled:
-        compiled: Any = statement.compile(  # type: ignore[attr-defined]
-            dialect=dialect, schema_translate_map={None: self.schema},
-            render_schema_translate=True,
-        )
-        names = tuple(compiled.positiontup or ())
-        defaults = {n: compiled.binds[n].effective_value for n in names if n in compiled.binds}
-        return _Compiled(str(compiled), names, defaults)

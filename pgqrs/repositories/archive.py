@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, func, insert, select
 
 from pgqrs.models import archive_table, messages_table
-from pgqrs.repositories._base import Executor, Repository
+from pgqrs.repositories._base import Executor, Repository, Statement
 from pgqrs.repositories.messages import notifying, to_archived
 from pgqrs.types import ArchivedMessage
 
@@ -21,14 +21,14 @@ _replayed = (
     .returning(_a.c.queue_id, _a.c.payload, _a.c.producer_worker_id)
     .cte("replayed")
 )
-_REPLAY = notifying(
+_REPLAY = Statement(notifying(
     insert(_m)
     .from_select(
         ["queue_id", "payload", "producer_worker_id"],
         select(_replayed.c.queue_id, _replayed.c.payload, _replayed.c.producer_worker_id),
     )
     .returning(_m.c.id, _m.c.queue_id)
-)
+))
 
 
 class ArchiveRepository(Repository):

@@ -1,7 +1,8 @@
 """Statements on ``pgqrs_messages``: enqueue, the SKIP LOCKED claim, acks and counts.
 
 Every statement is built once at import; the schema map is applied per execution, so
-SQLAlchemy's compiled cache serves them all after first use.
+SQLAlchemy's compiled cache serves them all after first use. The hot-path ones are
+wrapped in ``Statement`` so they may also run on the driver directly (see ``_base``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 from pgqrs.models import archive_table, messages_table, workers_table
-from pgqrs.repositories._base import EncodedJSONB, Executor, Repository
+from pgqrs.repositories._base import EncodedJSONB, Executor, Repository, Statement
 from pgqrs.types import ArchivedMessage, QueueMessage, WorkerStatus
 
 _m = messages_table
@@ -61,7 +62,7 @@ def notifying(statement: Any) -> Any:
                   func.pg_notify(_CHANNEL, cast(changed.c.queue_id, Text)).label("notified"))
 
 
-_ENQUEUE = notifying(
+_ENQUEUE = Statement(notifying(
     insert(_m)
     .values(
         queue_id=_QUEUE,
@@ -70,14 +71,14 @@ _ENQUEUE = notifying(
         producer_worker_id=_WORKER,
     )
     .returning(_m.c.id, _m.c.queue_id)
-)
+))
 
 _batch = (
     func.unnest(bindparam("p_payloads", type_=ARRAY(Text)))
     .table_valued("payload", with_ordinality="ord")
     .render_derived()
 )
-_ENQUEUE_BATCH = notifying(
+_ENQUEUE_BATCH = Statement(notifying(
     insert(_m)
     .from_select(
         ["queue_id", "payload", "vt", "producer_worker_id"],
@@ -86,7 +87,7 @@ _ENQUEUE_BATCH = notifying(
         ),
     )
     .returning(_m.c.id, _m.c.queue_id)
-)
+))
 
 # The claim: FIFO by id, visible now, attempts left, and the consumer still 'ready' (so a
 # worker suspended from outside stops receiving at once).
@@ -105,7 +106,7 @@ _claimable = (
     .with_for_update(skip_locked=True)
     .cte("claim")
 )
-_DEQUEUE = (
+_DEQUEUE = Statement(
     update(_m)
     .where(_m.c.id == _claimable.c.id)
     .values(
@@ -119,25 +120,25 @@ _DEQUEUE = (
 
 _OWNED = and_(_m.c.id == any_(_IDS), _m.c.consumer_worker_id == _WORKER)
 
-_DELETE = delete(_m).where(_OWNED).returning(_m.c.id)
-_EXTEND = (
+_DELETE = Statement(delete(_m).where(_OWNED).returning(_m.c.id))
+_EXTEND = Statement(
     update(_m)
     .where(_m.c.id == bindparam("p_id"), _m.c.consumer_worker_id == _WORKER)
     .values(vt=_NOW + bindparam("p_lease", type_=Interval))
     .returning(_m.c.id)
 )
-_RELEASE = notifying(
+_RELEASE = Statement(notifying(
     update(_m)
     .where(_OWNED)
     .values(vt=_NOW + _DELAY, consumer_worker_id=None)
     .returning(_m.c.id, _m.c.queue_id)
-)
-_RELEASE_WORKER = notifying(
+))
+_RELEASE_WORKER = Statement(notifying(
     update(_m)
     .where(_m.c.consumer_worker_id == _WORKER)
     .values(vt=_NOW, consumer_worker_id=None)
     .returning(_m.c.id, _m.c.queue_id)
-)
+))
 
 _ARCHIVE_COLUMNS = [
     "original_msg_id", "queue_id", "payload", "enqueued_at", "vt", "read_ct", "dequeued_at",
@@ -156,10 +157,10 @@ def _archive_statement(where: ColumnElement[bool], *, dead: bool) -> Any:
     return insert(_a).from_select(_ARCHIVE_COLUMNS, rows).returning(_a.c.original_msg_id)
 
 
-_ARCHIVE = _archive_statement(_OWNED, dead=False)
-_ARCHIVE_DEAD = _archive_statement(_OWNED, dead=True)
-_ARCHIVE_ANY = _archive_statement(_m.c.id == any_(_IDS), dead=False)
-_DELETE_ANY = delete(_m).where(_m.c.id == any_(_IDS)).returning(_m.c.id)
+_ARCHIVE = Statement(_archive_statement(_OWNED, dead=False))
+_ARCHIVE_DEAD = Statement(_archive_statement(_OWNED, dead=True))
+_ARCHIVE_ANY = Statement(_archive_statement(_m.c.id == any_(_IDS), dead=False))
+_DELETE_ANY = Statement(delete(_m).where(_m.c.id == any_(_IDS)).returning(_m.c.id))
 _DEAD_ANY_QUEUE = and_(_m.c.read_ct >= bindparam("p_max_read_ct"), _m.c.vt <= _NOW)
 _DLQ_ALL = _archive_statement(_DEAD_ANY_QUEUE, dead=True)
 _DLQ_QUEUE = _archive_statement(and_(_DEAD_ANY_QUEUE, _m.c.queue_id == _QUEUE), dead=True)
@@ -196,8 +197,10 @@ def _seconds(value: float | None) -> timedelta:
 
 # Not only future vts: a message that fell due a moment ago, after the claim that missed
 # it, must count too (0), or "idle" would be declared with work still to do.
-_NEXT_DUE = select(func.extract("epoch", func.min(_m.c.vt) - _NOW).label("due")).where(
-    _m.c.queue_id == _QUEUE, _m.c.read_ct < bindparam("p_max_read_ct")
+_NEXT_DUE = Statement(
+    select(func.extract("epoch", func.min(_m.c.vt) - _NOW).label("due")).where(
+        _m.c.queue_id == _QUEUE, _m.c.read_ct < bindparam("p_max_read_ct")
+    )
 )
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from pgqrs import errors
 from pgqrs.models import messages_table, queues_table, workers_table
-from pgqrs.repositories._base import Executor, Repository
+from pgqrs.repositories._base import Executor, Repository, Statement
 from pgqrs.types import WorkerHealthStats, WorkerInfo, WorkerStatus
 
 _w = workers_table
@@ -61,7 +61,7 @@ _REGISTER = select(
 
 # started_at is the registration's token: if another process took the row over, it no
 # longer matches and the old holder learns it was replaced.
-_HEARTBEAT = (
+_HEARTBEAT = Statement(
     update(_w)
     .where(_w.c.id == _ID, _w.c.started_at == bindparam("p_started"))
     .values(heartbeat_at=_NOW)

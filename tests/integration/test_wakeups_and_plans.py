@@ -85,7 +85,8 @@ async def test_dequeue_uses_an_index_with_50k_waiting(dsn: str, queue: str) -> N
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("ANALYZE pgqrs_messages")
-        compiled = message_statements._DEQUEUE.compile(dialect=postgresql.asyncpg.dialect())
+        dequeue = message_statements._DEQUEUE.executable
+        compiled = dequeue.compile(dialect=postgresql.asyncpg.dialect())
         values = {"p_queue_id": 1, "p_worker_id": worker_id, "p_limit": 10,
                   "p_lease": timedelta(seconds=30), "p_max_read_ct": 5}
         params = compiled.construct_params(values)
