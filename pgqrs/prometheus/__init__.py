@@ -19,7 +19,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
         "pgqrs.prometheus needs prometheus_client: pip install 'pgqrs[prometheus]'"
     ) from exc
 
-from pgqrs.prometheus._collector import QueueCollector, QueueState, Snapshot
+from pgqrs.prometheus._collector import QueueCollector, QueueState, Scrape, Snapshot
 from pgqrs.prometheus._loop import ConsumeMetrics
 from pgqrs.prometheus._serve import Exporter, asgi_app, serve
 
@@ -28,6 +28,7 @@ __all__ = [
     "Exporter",
     "QueueCollector",
     "QueueState",
+    "Scrape",
     "Snapshot",
     "asgi_app",
     "serve",

@@ -3,10 +3,10 @@
 prometheus_client calls ``collect()`` synchronously, from whatever thread serves the scrape,
 while pgqrs is async. The collector gets its numbers one of two ways:
 
-- **Async path** (``asgi_app``, or ``await collector.snapshot()`` in a ``scraping()``
-  block): the snapshot is read on the running event loop, with the host's engine if one was
-  given, then handed to ``collect()`` through a context variable for that scrape alone
-  (concurrent scrapes never see each other's snapshot).
+- **Async path** (``asgi_app``: ``scrape = await collector.scrape()``, then render the
+  registry inside ``with collector.serving(scrape):``): the state is read on the running
+  event loop, with the host's engine if one was given, and handed to ``collect()`` through
+  a context variable for that scrape alone (concurrent scrapes never see each other's).
 - **Blocking path** (``pgqrs metrics serve``, ``prometheus_client.start_http_server``,
   any WSGI or threaded exposition): ``collect()`` runs the query itself in a private event
   loop (``asyncio.run``), on an engine without a pool (``NullPool``, one connection per
@@ -222,6 +222,7 @@ _PER_QUEUE: tuple[tuple[str, str, Callable[[QueueState], float]], ...] = (
     ("pgqrs_queue_oldest_pending_age_seconds",
      "Seconds the oldest claimable message has been claimable (0 when none is).",
      lambda q: q.oldest_pending_age),
+    # TODO(lead, once the policy branch is merged): select q.paused (and compare read_ct with q.max_read_ct instead of :max_read_ct) in _query._SQL, and add ("pgqrs_queue_paused", "1 while the queue is paused (no consumer claims).", lambda q: float(q.paused)) here.  # noqa: E501
     ("pgqrs_workers_stale",
      "Ready or suspended workers whose heartbeat is older than the stale threshold.",
      lambda q: q.stale_workers),
