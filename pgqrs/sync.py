@@ -111,7 +111,7 @@ class Admin(_Base):
         """Create a queue; a duplicate raises ``QueueAlreadyExistsError``."""
         name = _validation.queue_name(name)
         with self._transaction() as executor:
-            return _run(self._queues.create(executor, name))
+            return _run(self._queues.create(executor, name, self.settings.queue_policy()))
 
 
 class Producer(_Base):
