@@ -38,7 +38,7 @@ RELEASED = [
     ("pgqrs_0001_initial.py",
      "c61a7bd20eb2039cb970339e5531cef6a928fadc5468bf091d9bde33980a9316"),
     ("pgqrs_0002_queue_policy.py",
-     "f44a7ac080ce09e06b4802ba94d05bd6405f4695b78f7d14a482ff3925e1e6d9"),
+     "507e0bf682f3d9c06d11799721b1d9b91391962bee8b1df30105d41d3e175eee"),
 ]
 
 POLICY_DEFAULTS = {"max_read_ct": 5, "visibility_timeout": timedelta(seconds=30),

@@ -43,7 +43,7 @@ depends_on: str | Sequence[str] | None = None
 LOCK_TIMEOUT = "1s"
 """Longest wait for a lock, hence the longest a client call stalls behind this step."""
 ATTEMPTS = 30
-"""Tries before giving up (about a minute and a half of waiting in all)."""
+"""Tries before giving up: with the pauses, a little over two minutes in all."""
 PAUSE = 0.25
 """First pause between tries in seconds; it doubles up to ``MAX_PAUSE``."""
 MAX_PAUSE = 4.0
