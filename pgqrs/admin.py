@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Self
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -19,7 +17,7 @@ from pgqrs.repositories import (
     QueueRepository,
     WorkerRepository,
 )
-from pgqrs.settings import Settings, validate_policy
+from pgqrs.settings import DEFAULT, Default, Settings, validate_policy
 from pgqrs.types import (
     QueueInfo,
     QueueMessage,
@@ -29,14 +27,6 @@ from pgqrs.types import (
     WorkerInfo,
     WorkerStatus,
 )
-
-
-class _Default(enum.Enum):
-    TOKEN = enum.auto()
-
-
-DEFAULT: Final = _Default.TOKEN
-"""Marks an argument left to the settings where None already means something."""
 
 
 class Admin:
@@ -113,7 +103,7 @@ class Admin:
                            visibility_timeout: float | timedelta | None = None,
                            retry_backoff_base: float | timedelta | None = None,
                            retry_backoff_max: float | timedelta | None = None,
-                           retention: float | timedelta | _Default | None = DEFAULT,
+                           retention: float | timedelta | Default | None = DEFAULT,
                            ) -> QueueInfo:
         """Create a queue with its policy; what is not given comes from the settings.
 
@@ -132,15 +122,10 @@ class Admin:
             QueueAlreadyExistsError: the name is taken (message contains "already exists").
         """
         name = _validation.queue_name(name)
-        given = {"max_read_ct": max_read_ct, "visibility_timeout": visibility_timeout,
-                 "retry_backoff_base": retry_backoff_base,
-                 "retry_backoff_max": retry_backoff_max, "retention": retention}
-        values: dict[str, Any] = {k: v for k, v in given.items()
-                                  if v is not None and v is not DEFAULT}
-        if retention is None:
-            values["retention"] = None
-        policy = dataclasses.replace(self.settings.queue_policy(), **validate_policy(values))
-        validate_policy(dataclasses.asdict(policy))  # the mix of given and defaults, too
+        policy = self.settings.queue_policy(
+            max_read_ct=max_read_ct, visibility_timeout=visibility_timeout,
+            retry_backoff_base=retry_backoff_base, retry_backoff_max=retry_backoff_max,
+            retention=retention)
         async with self._db.transaction(queue_name=name) as conn:
             return await self._queues.create(conn, name, policy)
 

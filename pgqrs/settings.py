@@ -7,13 +7,14 @@ variable (keyword arguments win).
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import timedelta
-from typing import Any
+from typing import Any, Final
 
 from pgqrs import errors
 from pgqrs.types import QueuePolicy
@@ -28,6 +29,16 @@ POLICY_FIELDS = ("max_read_ct", "visibility_timeout", "retry_backoff_base",
                  "retry_backoff_max", "retention", "paused")
 """The fields of a queue's policy, in ``QueueInfo`` order."""
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+class Default(enum.Enum):
+    """The type of ``DEFAULT``."""
+
+    TOKEN = enum.auto()
+
+
+DEFAULT: Final = Default.TOKEN
+"""An argument left to the settings, where None already means something (``retention``)."""
 
 
 def validate_schema(schema: str) -> str:
@@ -104,13 +115,26 @@ class Settings:
         for name, value in validate_policy(policy, error=errors.ConfigurationError).items():
             object.__setattr__(self, name, value)  # normalised: ints stay ints, floats
 
-    def queue_policy(self) -> QueuePolicy:
-        """The policy a queue created with these settings gets."""
-        return QueuePolicy(
+    def queue_policy(self, **given: Any) -> QueuePolicy:
+        """The policy of a new queue: the ``given`` values over these settings' defaults.
+
+        A field left out, or given as ``DEFAULT``, takes the setting; so does None, except
+        for ``retention``, where None means "keep forever".
+
+        Raises:
+            ValidationError: a given value is bad, or the mix of given and default values
+                is (``retry_backoff_max`` below ``retry_backoff_base``).
+        """
+        defaults = QueuePolicy(
             max_read_ct=self.max_read_ct, visibility_timeout=self.visibility_timeout,
             retry_backoff_base=self.retry_backoff_base,
             retry_backoff_max=self.retry_backoff_max, retention=self.retention,
         )
+        values = {name: value for name, value in given.items()
+                  if value is not DEFAULT and (value is not None or name == "retention")}
+        policy = dataclasses.replace(defaults, **validate_policy(values))
+        validate_policy(dataclasses.asdict(policy))
+        return policy
 
     @property
     def stale_threshold(self) -> float:
