@@ -53,29 +53,24 @@ _NOTIFY = select(func.pg_notify(bindparam("p_channel", type_=Text),
                                 cast(bindparam("p_id", type_=BigInteger), Text)))
 
 
-def _seconds(value: timedelta | None) -> float | None:
-    return value.total_seconds() if value is not None else None
+def _policy_values(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The policy columns of a row, durations as seconds."""
+    values = {name: row[name] for name in POLICY_FIELDS}
+    for name in _DURATIONS:
+        if values[name] is not None:
+            values[name] = values[name].total_seconds()
+    return values
 
 
 def _info(row: Any) -> QueueInfo:
-    return QueueInfo(
-        id=row.id, queue_name=row.queue_name, created_at=row.created_at,
-        max_read_ct=row.max_read_ct, visibility_timeout=row.visibility_timeout.total_seconds(),
-        retry_backoff_base=row.retry_backoff_base.total_seconds(),
-        retry_backoff_max=row.retry_backoff_max.total_seconds(),
-        retention=_seconds(row.retention), paused=row.paused,
-    )
+    m = row._mapping
+    return QueueInfo(id=m["id"], queue_name=m["queue_name"], created_at=m["created_at"],
+                     **_policy_values(m))
 
 
 def to_policy(row: Mapping[str, Any]) -> QueuePolicy:
     """Build a ``QueuePolicy`` from a mapping with the six policy columns."""
-    return QueuePolicy(
-        max_read_ct=row["max_read_ct"],
-        visibility_timeout=row["visibility_timeout"].total_seconds(),
-        retry_backoff_base=row["retry_backoff_base"].total_seconds(),
-        retry_backoff_max=row["retry_backoff_max"].total_seconds(),
-        retention=_seconds(row["retention"]), paused=row["paused"],
-    )
+    return QueuePolicy(**_policy_values(row))
 
 
 def _column_values(values: Mapping[str, Any]) -> dict[str, Any]:
