@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
 
@@ -10,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pgqrs import _accessors, _compat, _db, _validation, errors, migrate, repositories
 from pgqrs.config import Config
-from pgqrs.settings import Settings
+from pgqrs.settings import DEFAULT, Default, Settings, validate_policy
 from pgqrs.types import (
     QueueInfo,
     QueueMessage,
@@ -37,18 +38,20 @@ class Admin:
         dsn: a PostgreSQL URL, the application's ``AsyncEngine`` (never disposed), or a
             ``pgqrs.Config`` (the original binding's style; these keywords override it).
         schema: schema of the pgqrs tables (default ``public`` or ``PGQRS_SCHEMA``).
-        max_read_ct: deliveries after which a message counts as a dead letter in metrics
-            and ``dlq()`` (match your consumers' ``max_read_ct``); default 5.
-        **options: other ``Settings`` options.
+        max_read_ct: dead-letter threshold of the queues this Admin creates (default 5 or
+            ``PGQRS_MAX_READ_CT``). Metrics and ``dlq()`` follow each queue's own.
+        **options: other ``Settings`` options, including the other policy defaults of
+            new queues (``visibility_timeout``, ``retry_backoff_base``, ...).
     """
 
     def __init__(self, dsn: str | AsyncEngine | Config, *, schema: str | None = None,
                  max_read_ct: int | None = None, **options: Any) -> None:
         dsn, schema, max_read_ct, options, client_defaults = _compat.unpack_config(
             dsn, schema, max_read_ct, options)
-        self.settings = Settings.build(schema=schema, **options)
-        self.max_read_ct = _validation.positive_int(
-            "max_read_ct", 5 if max_read_ct is None else max_read_ct)
+        if max_read_ct is not None:
+            _validation.positive_int("max_read_ct", max_read_ct)
+        self.settings = Settings.build(schema=schema, max_read_ct=max_read_ct, **options)
+        self.max_read_ct = self.settings.max_read_ct
         # Unpooled: administration is occasional, and an Admin that is never closed (as in
         # the seed's examples) must not leave connections behind.
         self._db: _db.Backend
@@ -98,16 +101,64 @@ class Admin:
 
     # -- queues ---------------------------------------------------------------------------
 
-    async def create_queue(self, name: str) -> QueueInfo:
-        """Create a queue.
+    async def create_queue(self, name: str, *, max_read_ct: int | None = None,
+                           visibility_timeout: float | timedelta | None = None,
+                           retry_backoff_base: float | timedelta | None = None,
+                           retry_backoff_max: float | timedelta | None = None,
+                           retention: float | timedelta | Default | None = DEFAULT,
+                           ) -> QueueInfo:
+        """Create a queue with its policy; what is not given comes from the settings.
+
+        Args:
+            name: the queue's name.
+            max_read_ct: deliveries after which a message is a dead letter.
+            visibility_timeout: default lease in seconds (or a ``timedelta``).
+            retry_backoff_base: first retry delay of the consume loop, in seconds.
+            retry_backoff_max: longest retry delay of the consume loop, in seconds.
+            retention: how long archived rows are kept, in seconds; None keeps them
+                forever (the default unless ``PGQRS_RETENTION`` is set).
 
         Raises:
-            ValidationError: the name is empty, too long or not printable.
+            ValidationError: the name is empty, too long or not printable, or a policy
+                value is out of range.
             QueueAlreadyExistsError: the name is taken (message contains "already exists").
         """
         name = _validation.queue_name(name)
+        policy = self.settings.queue_policy(
+            max_read_ct=max_read_ct, visibility_timeout=visibility_timeout,
+            retry_backoff_base=retry_backoff_base, retry_backoff_max=retry_backoff_max,
+            retention=retention)
         async with self._db.transaction(queue_name=name) as conn:
-            return await self._queues.create(conn, name)
+            return await self._queues.create(conn, name, policy)
+
+    async def update_queue(self, name: str, **changes: Any) -> QueueInfo:
+        """Change some of a queue's policy; running clients follow at their next claim.
+
+        Args:
+            name: the queue's name.
+            **changes: any of ``max_read_ct``, ``visibility_timeout``,
+                ``retry_backoff_base``, ``retry_backoff_max``, ``retention`` (None: keep
+                forever) and ``paused``; fields not given keep their value.
+
+        Returns:
+            The queue as stored after the change.
+
+        Raises:
+            ValidationError: an unknown field or a bad value (nothing is changed).
+            QueueNotFoundError: no such queue.
+        """
+        name = _validation.queue_name(name)
+        values = validate_policy(changes)
+        async with self._db.transaction() as conn:
+            return await self._queues.update(conn, name, values)
+
+    async def pause_queue(self, name: str) -> QueueInfo:
+        """Stop every consumer claiming from the queue; enqueues go on. Idempotent."""
+        return await self.update_queue(name, paused=True)
+
+    async def resume_queue(self, name: str) -> QueueInfo:
+        """Let consumers claim from a paused queue again (waiting ones wake at once)."""
+        return await self.update_queue(name, paused=False)
 
     async def get_queue(self, name: str) -> QueueInfo:
         """The queue called ``name``; raises ``QueueNotFoundError``."""
@@ -148,8 +199,7 @@ class Admin:
         name = _validation.queue_name(name)
         async with self._db.transaction() as conn:
             queue = await self._queues.get(conn, name)
-            rows = await self._messages.metrics(conn, queue_id=queue.id,
-                                                max_read_ct=self.max_read_ct)
+            rows = await self._messages.metrics(conn, queue_id=queue.id)
             archived = await self._archive.count(conn, queue_id=queue.id)
         return _metrics(queue, rows.get(queue.id), archived)
 
@@ -157,8 +207,7 @@ class Admin:
         """Message counts of every queue, in one snapshot."""
         async with self._db.transaction() as conn:
             queues = await self._queues.list(conn)
-            rows = await self._messages.metrics(conn, queue_id=None,
-                                                max_read_ct=self.max_read_ct)
+            rows = await self._messages.metrics(conn, queue_id=None)
             archived = await self._archive.counts_by_queue(conn)
         return [_metrics(q, rows.get(q.id), archived.get(q.id, 0)) for q in queues]
 
@@ -286,17 +335,17 @@ class Admin:
     # -- dead letters ---------------------------------------------------------------------
 
     async def dlq(self, queue: str | None = None) -> list[int]:
-        """Archive dead letters (``max_read_ct`` deliveries, lease over), marked dead.
+        """Archive dead letters (their queue's ``max_read_ct`` used, lease over), marked dead.
 
-        A message whose lease is still running is never taken. Returns the moved
-        messages' original ids.
+        Each message is judged by its own queue's policy, whatever this Admin's settings.
+        A message whose lease is still running is never taken. Returns the moved messages'
+        original ids.
         """
         async with self._db.transaction() as conn:
             queue_id = None
             if queue is not None:
                 queue_id = (await self._queues.get(conn, _validation.queue_name(queue))).id
-            return await self._messages.move_dead_letters(conn, queue_id=queue_id,
-                                                          max_read_ct=self.max_read_ct)
+            return await self._messages.move_dead_letters(conn, queue_id=queue_id)
 
     async def replay_dlq(self, archive_id: int) -> int | None:
         """Put a dead letter back on its queue as a fresh message; its new id, or None."""

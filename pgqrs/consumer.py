@@ -107,7 +107,7 @@ class Consumer(WorkerClient):
                 async with self._db.statement() as conn:
                     messages = await self._messages.dequeue(
                         conn, queue_id=queue_id, worker_id=worker_id, limit=limit,
-                        lease=lease, max_read_ct=self.max_read_ct,
+                        lease=lease,
                     )
                 remaining = deadline - loop.time()
                 if (messages or subscription is None or remaining <= 0
@@ -214,8 +214,7 @@ class Consumer(WorkerClient):
         """Seconds until a delayed or leased message of this queue becomes claimable."""
         _, queue_id = await self._ids("dequeue", *_LIVE)
         async with self._db.statement() as conn:
-            return await self._messages.seconds_until_due(conn, queue_id=queue_id,
-                                                          max_read_ct=self.max_read_ct)
+            return await self._messages.seconds_until_due(conn, queue_id=queue_id)
 
     async def held_count(self) -> int:
         """How many messages this consumer currently holds."""

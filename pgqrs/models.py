@@ -10,18 +10,20 @@ it, and ``alembic check`` keeps the two in agreement.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Enum,
     ForeignKey,
     Identity,
     Index,
     Integer,
+    Interval,
     MetaData,
     String,
     Table,
@@ -62,9 +64,24 @@ worker_status_enum = Enum(
 
 
 class Queue(PgqrsBase):
-    """A named queue."""
+    """A named queue and its policy (SPEC §12): the rules every client follows.
+
+    The server defaults reproduce pgqrs's behaviour before queues had a policy, so rows
+    written by older code (or revision ``pgqrs_0001``) read as they always behaved.
+    """
 
     __tablename__ = "pgqrs_queues"
+    __table_args__ = (
+        CheckConstraint("max_read_ct >= 1", name="max_read_ct_positive"),
+        CheckConstraint("visibility_timeout > interval '0'",
+                        name="visibility_timeout_positive"),
+        CheckConstraint("retry_backoff_base >= interval '0'",
+                        name="retry_backoff_base_not_negative"),
+        CheckConstraint("retry_backoff_max >= retry_backoff_base",
+                        name="retry_backoff_max_not_below_base"),
+        CheckConstraint("retention IS NULL OR retention > interval '0'",
+                        name="retention_positive"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     queue_name: Mapped[str] = mapped_column(
@@ -73,6 +90,18 @@ class Queue(PgqrsBase):
     created_at: Mapped[datetime] = mapped_column(
         _TIMESTAMP, nullable=False, server_default=func.now()
     )
+    max_read_ct: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("5"))
+    visibility_timeout: Mapped[timedelta] = mapped_column(
+        Interval, nullable=False, server_default=text("'00:00:30'::interval")
+    )
+    retry_backoff_base: Mapped[timedelta] = mapped_column(
+        Interval, nullable=False, server_default=text("'00:00:01'::interval")
+    )
+    retry_backoff_max: Mapped[timedelta] = mapped_column(
+        Interval, nullable=False, server_default=text("'00:05:00'::interval")
+    )
+    retention: Mapped[timedelta | None] = mapped_column(Interval, nullable=True)
+    paused: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
 
 
 class Worker(PgqrsBase):

@@ -24,12 +24,68 @@ class WorkerStatus(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class QueuePolicy:
+    """The rules a queue owns (SPEC §12), as stored on its ``pgqrs_queues`` row.
+
+    Durations are in seconds. The defaults are pgqrs's behaviour before queues had a policy.
+    """
+
+    max_read_ct: int = 5
+    """Deliveries after which a message is a dead letter (never claimed again)."""
+    visibility_timeout: float = 30.0
+    """Default lease of a claim, in seconds (a consumer's per-call lease overrides it)."""
+    retry_backoff_base: float = 1.0
+    """First retry delay of the consume loop, in seconds (doubles with every delivery)."""
+    retry_backoff_max: float = 300.0
+    """Longest retry delay of the consume loop, in seconds."""
+    retention: float | None = None
+    """Seconds archived and dead-lettered rows are kept; None keeps them forever."""
+    paused: bool = False
+    """A paused queue accepts enqueues, but no consumer claims from it."""
+
+    def is_dead(self, read_ct: int) -> bool:
+        """True if a message delivered ``read_ct`` times has used up its deliveries."""
+        return read_ct >= self.max_read_ct
+
+    def retry_delay(self, read_ct: int) -> float:
+        """The consume loop's delay before the next delivery, after ``read_ct`` deliveries."""
+        return float(min(self.retry_backoff_base * 2 ** max(read_ct - 1, 0),
+                         self.retry_backoff_max))
+
+
+@dataclass(frozen=True, slots=True)
 class QueueInfo:
-    """A queue as stored in ``pgqrs_queues``."""
+    """A queue as stored in ``pgqrs_queues``: its identity, then its policy.
+
+    The policy fields have the pre-policy defaults, so code that builds a ``QueueInfo``
+    from the first three fields keeps working.
+    """
 
     id: int
     queue_name: str
     created_at: datetime
+    max_read_ct: int = 5
+    """Deliveries after which a message is a dead letter."""
+    visibility_timeout: float = 30.0
+    """Default lease in seconds."""
+    retry_backoff_base: float = 1.0
+    """First retry delay of the consume loop, in seconds."""
+    retry_backoff_max: float = 300.0
+    """Longest retry delay of the consume loop, in seconds."""
+    retention: float | None = None
+    """Seconds archived rows are kept; None keeps them forever."""
+    paused: bool = False
+    """True while no consumer may claim from the queue."""
+
+    @property
+    def policy(self) -> QueuePolicy:
+        """The queue's policy alone."""
+        return QueuePolicy(
+            max_read_ct=self.max_read_ct, visibility_timeout=self.visibility_timeout,
+            retry_backoff_base=self.retry_backoff_base,
+            retry_backoff_max=self.retry_backoff_max, retention=self.retention,
+            paused=self.paused,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import math
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -33,13 +34,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-from pgqrs.models import archive_table, messages_table, workers_table
+from pgqrs.models import archive_table, messages_table, queues_table, workers_table
 from pgqrs.repositories._base import EncodedJSONB, Executor, Repository, Statement
 from pgqrs.types import ArchivedMessage, QueueMessage, WorkerStatus
 
 _m = messages_table
 _a = archive_table
 _w = workers_table
+_q = queues_table
 
 _NOW = func.now()
 _IDS = bindparam("p_ids", type_=ARRAY(BigInteger))
@@ -89,14 +91,20 @@ _ENQUEUE_BATCH = Statement(notifying(
     .returning(_m.c.id, _m.c.queue_id)
 ))
 
-# The claim: FIFO by id, visible now, attempts left, and the consumer still 'ready' (so a
-# worker suspended from outside stops receiving at once).
+# The claim: FIFO by id, visible now, attempts left, the queue not paused, and the consumer
+# still 'ready' (so a worker suspended from outside stops receiving at once). The threshold
+# and the paused flag come from the queue row in this very statement, so a policy change
+# reaches running consumers on their next claim. Both lookups are uncorrelated (InitPlans,
+# run once): the paused check is a one-time filter, so a paused queue's messages are not
+# even scanned, and the threshold is a constant for the index walk.
+_queue_row = _q.c.id == _QUEUE
 _claimable = (
     select(_m.c.id)
     .where(
         _m.c.queue_id == _QUEUE,
         _m.c.vt <= _NOW,
-        _m.c.read_ct < bindparam("p_max_read_ct"),
+        _m.c.read_ct < select(_q.c.max_read_ct).where(_queue_row).scalar_subquery(),
+        select(_q.c.id).where(_queue_row, _q.c.paused.is_(False)).exists(),
         select(_w.c.id)
         .where(_w.c.id == _WORKER, _w.c.status == WorkerStatus.READY)
         .exists(),
@@ -106,11 +114,17 @@ _claimable = (
     .with_for_update(skip_locked=True)
     .cte("claim")
 )
+# A NULL p_lease means "the queue's visibility_timeout" (another one-time lookup). The
+# policy is not returned with the rows: that cost ~10% per claim, and the consume loop
+# needs it only when a handler fails (QueueRepository.policy, or retry_or_dead_letter()).
 _DEQUEUE = Statement(
     update(_m)
     .where(_m.c.id == _claimable.c.id)
     .values(
-        vt=_NOW + bindparam("p_lease", type_=Interval),
+        vt=_NOW + func.coalesce(
+            bindparam("p_lease", type_=Interval),
+            select(_q.c.visibility_timeout).where(_queue_row).scalar_subquery(),
+        ),
         read_ct=_m.c.read_ct + 1,
         dequeued_at=_NOW,
         consumer_worker_id=_WORKER,
@@ -161,7 +175,11 @@ _ARCHIVE = Statement(_archive_statement(_OWNED, dead=False))
 _ARCHIVE_DEAD = Statement(_archive_statement(_OWNED, dead=True))
 _ARCHIVE_ANY = Statement(_archive_statement(_m.c.id == any_(_IDS), dead=False))
 _DELETE_ANY = Statement(delete(_m).where(_m.c.id == any_(_IDS)).returning(_m.c.id))
-_DEAD_ANY_QUEUE = and_(_m.c.read_ct >= bindparam("p_max_read_ct"), _m.c.vt <= _NOW)
+# Dead: as many deliveries as the message's own queue allows, and the lease over. The
+# queue table in the WHERE clause makes this DELETE ... USING pgqrs_queues: one join, each
+# message measured against its queue's threshold.
+_DEAD_ANY_QUEUE = and_(_m.c.queue_id == _q.c.id, _m.c.read_ct >= _q.c.max_read_ct,
+                       _m.c.vt <= _NOW)
 _DLQ_ALL = _archive_statement(_DEAD_ANY_QUEUE, dead=True)
 _DLQ_QUEUE = _archive_statement(and_(_DEAD_ANY_QUEUE, _m.c.queue_id == _QUEUE), dead=True)
 
@@ -197,11 +215,13 @@ def _seconds(value: float | None) -> timedelta:
 
 # Not only future vts: a message that fell due a moment ago, after the claim that missed
 # it, must count too (0), or "idle" would be declared with work still to do.
-_NEXT_DUE = Statement(
-    select(func.extract("epoch", func.min(_m.c.vt) - _NOW).label("due")).where(
-        _m.c.queue_id == _QUEUE, _m.c.read_ct < bindparam("p_max_read_ct")
-    )
-)
+_NEXT_DUE = Statement(select(
+    func.extract("epoch", func.min(_m.c.vt) - _NOW).label("due"),
+    select(_q.c.paused).where(_queue_row).scalar_subquery().label("paused"),
+).where(
+    _m.c.queue_id == _QUEUE,
+    _m.c.read_ct < select(_q.c.max_read_ct).where(_queue_row).scalar_subquery(),
+))
 
 
 class MessageRepository(Repository):
@@ -228,25 +248,32 @@ class MessageRepository(Repository):
         return sorted(int(r["id"]) for r in rows)
 
     async def dequeue(self, executor: Executor, *, queue_id: int, worker_id: int, limit: int,
-                      lease: float, max_read_ct: int) -> builtins.list[QueueMessage]:
-        """Claim up to ``limit`` visible messages for ``worker_id``, oldest first."""
+                      lease: float | None = None) -> builtins.list[QueueMessage]:
+        """Claim up to ``limit`` visible messages for ``worker_id``, oldest first.
+
+        The queue's row decides, in the same statement: nothing while it is paused, no
+        message delivered ``max_read_ct`` times, and the lease when ``lease`` is None
+        (each message's lease is then ``vt - dequeued_at``).
+        """
         rows = await self._rows(executor, _DEQUEUE, {
             "p_queue_id": queue_id, "p_worker_id": worker_id, "p_limit": limit,
-            "p_lease": _seconds(lease), "p_max_read_ct": max_read_ct,
+            "p_lease": None if lease is None else timedelta(seconds=lease),
         })
         return sorted((to_message(r) for r in rows), key=lambda m: m.id)
 
-    async def seconds_until_due(self, executor: Executor, *, queue_id: int,
-                                max_read_ct: int) -> float | None:
+    async def seconds_until_due(self, executor: Executor, *, queue_id: int) -> float | None:
         """Seconds until the next message (delayed, leased or visible: 0) is claimable.
 
-        None when the queue holds nothing that could still be delivered.
+        None when the queue holds nothing that could still be delivered (under its
+        current ``max_read_ct``); ``math.inf`` while the queue is paused with messages in
+        it: nothing falls due by itself, and resuming the queue wakes its consumers
+        (NOTIFY), so a waiting consumer just keeps waiting.
         """
-        rows = await self._rows(executor, _NEXT_DUE, {
-            "p_queue_id": queue_id, "p_max_read_ct": max_read_ct,
-        })
+        rows = await self._rows(executor, _NEXT_DUE, {"p_queue_id": queue_id})
         value = rows[0]["due"] if rows else None
-        return max(float(value), 0.0) if value is not None else None
+        if value is None:
+            return None
+        return math.inf if rows[0]["paused"] else max(float(value), 0.0)
 
     async def archive(self, executor: Executor, *, worker_id: int | None,
                       ids: Sequence[int], dead: bool = False) -> set[int]:
@@ -295,15 +322,16 @@ class MessageRepository(Repository):
         })
         return len(rows)
 
-    async def move_dead_letters(self, executor: Executor, *, queue_id: int | None,
-                                max_read_ct: int) -> builtins.list[int]:
-        """Archive exhausted messages whose lease is over, marked dead; return their ids."""
+    async def move_dead_letters(self, executor: Executor, *,
+                                queue_id: int | None) -> builtins.list[int]:
+        """Archive exhausted messages whose lease is over, marked dead; return their ids.
+
+        Each message is measured against its own queue's ``max_read_ct``, whoever asks.
+        """
         if queue_id is None:
-            result = await self._execute(executor, _DLQ_ALL, {"p_max_read_ct": max_read_ct})
+            result = await self._execute(executor, _DLQ_ALL)
         else:
-            result = await self._execute(executor, _DLQ_QUEUE, {
-                "p_max_read_ct": max_read_ct, "p_queue_id": queue_id,
-            })
+            result = await self._execute(executor, _DLQ_QUEUE, {"p_queue_id": queue_id})
         return sorted(int(i) for i in result.scalars())
 
     async def get(self, executor: Executor, message_id: int) -> QueueMessage | None:
@@ -335,10 +363,13 @@ class MessageRepository(Repository):
         stmt = select(func.count()).select_from(_m).where(*self._filtered(queue_id, worker_id))
         return int((await self._execute(executor, stmt)).scalar_one())
 
-    async def metrics(self, executor: Executor, *, queue_id: int | None,
-                      max_read_ct: int) -> dict[int, dict[str, Any]]:
-        """Per-queue counts in one snapshot: total, pending, leased, delayed, dead."""
-        exhausted = _m.c.read_ct >= max_read_ct
+    async def metrics(self, executor: Executor, *,
+                      queue_id: int | None) -> dict[int, dict[str, Any]]:
+        """Per-queue counts in one snapshot: total, pending, leased, delayed, dead.
+
+        "Dead" uses each queue's own ``max_read_ct`` (joined from its row).
+        """
+        exhausted = _m.c.read_ct >= _q.c.max_read_ct
         visible = _m.c.vt <= _NOW
 
         def count_if(cond: Any) -> Any:
@@ -354,7 +385,7 @@ class MessageRepository(Repository):
             func.min(case((and_(visible, ~exhausted), _m.c.vt))).label("oldest_pending"),
             func.max(_m.c.enqueued_at).label("newest"),
             _NOW.label("now"),
-        ).group_by(_m.c.queue_id)
+        ).select_from(_m.join(_q, _q.c.id == _m.c.queue_id)).group_by(_m.c.queue_id)
         if queue_id is not None:
             stmt = stmt.where(_m.c.queue_id == queue_id)
         return {r.queue_id: r._asdict() for r in await self._execute(executor, stmt)}

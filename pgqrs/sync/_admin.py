@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
 
 from sqlalchemy import Connection, Engine
 
 from pgqrs import admin
-from pgqrs.settings import Settings
+from pgqrs.settings import DEFAULT, Default, Settings
 from pgqrs.sync import _accessors, _db, _loop
 from pgqrs.types import (
     QueueInfo,
@@ -80,9 +81,28 @@ class Admin:
         """Check the schema is installed and current; return its revision."""
         return _loop.run(self._core.verify())
 
-    def create_queue(self, name: str) -> QueueInfo:
-        """Create a queue; a duplicate raises ``QueueAlreadyExistsError``."""
-        return _loop.run(self._core.create_queue(name))
+    def create_queue(self, name: str, *, max_read_ct: int | None = None,
+                     visibility_timeout: float | timedelta | None = None,
+                     retry_backoff_base: float | timedelta | None = None,
+                     retry_backoff_max: float | timedelta | None = None,
+                     retention: float | timedelta | Default | None = DEFAULT) -> QueueInfo:
+        """Create a queue with its policy; a duplicate raises ``QueueAlreadyExistsError``."""
+        return _loop.run(self._core.create_queue(
+            name, max_read_ct=max_read_ct, visibility_timeout=visibility_timeout,
+            retry_backoff_base=retry_backoff_base, retry_backoff_max=retry_backoff_max,
+            retention=retention))
+
+    def update_queue(self, name: str, **changes: Any) -> QueueInfo:
+        """Change some of a queue's policy (see ``pgqrs.Admin.update_queue``)."""
+        return _loop.run(self._core.update_queue(name, **changes))
+
+    def pause_queue(self, name: str) -> QueueInfo:
+        """Stop every consumer claiming from the queue; enqueues go on. Idempotent."""
+        return _loop.run(self._core.pause_queue(name))
+
+    def resume_queue(self, name: str) -> QueueInfo:
+        """Let consumers claim from a paused queue again."""
+        return _loop.run(self._core.resume_queue(name))
 
     def get_queue(self, name: str) -> QueueInfo:
         """The queue called ``name``; raises ``QueueNotFoundError``."""

@@ -78,8 +78,10 @@ async def test_archive_accessor_in_the_original_style(dsn: str, queue: str) -> N
     await admin.close()
 
 
-async def test_dead_letter_calls_in_the_original_style(dsn: str, queue: str) -> None:
+async def test_dead_letter_calls_in_the_original_style(dsn: str) -> None:
     async with Admin(dsn, max_read_ct=1) as admin:
+        # The Admin's max_read_ct is the threshold of the queues it creates (queue policy).
+        queue = (await admin.create_queue("tasks")).queue_name
         async with (pgqrs.Producer(admin, queue, "p", 1) as producer,
                     pgqrs.Consumer(admin, queue, "c", 2, max_read_ct=1) as consumer):
             mid = await producer.enqueue({"poison": True})

@@ -64,6 +64,8 @@ async def test_release_with_and_without_delay(dsn: str, queue: str) -> None:
 
 
 async def test_dead_letter_after_max_read_ct_listed_and_replayable(dsn: str, queue: str) -> None:
+    async with Admin(dsn) as policy_admin:  # the queue's policy decides (SPEC §12)
+        await policy_admin.update_queue(queue, max_read_ct=2)
     async with (Producer(dsn, queue, "p", 1) as producer,
                 Consumer(dsn, queue, "c", 2, max_read_ct=2) as c):
         mid = await producer.enqueue({"poison": True})
@@ -88,6 +90,8 @@ async def test_dead_letter_after_max_read_ct_listed_and_replayable(dsn: str, que
 
 
 async def test_dlq_never_takes_a_running_lease(dsn: str, queue: str) -> None:
+    async with Admin(dsn) as policy_admin:  # the queue's policy decides (SPEC §12)
+        await policy_admin.update_queue(queue, max_read_ct=1)
     async with (Producer(dsn, queue, "p", 1) as producer,
                 Consumer(dsn, queue, "c", 2, max_read_ct=1) as c):
         mid = await producer.enqueue({"x": 1})
