@@ -99,4 +99,6 @@ def parse(dsn: str) -> ParsedDsn:
 
 
 def _valid_port(text: str) -> bool:
-    return text.strip().isdigit() and 0 < int(text) < 65536
+    # isdecimal, not isdigit: '²' is a digit that int() refuses.
+    text = text.strip()
+    return text.isascii() and text.isdecimal() and 0 < int(text) < 65536

@@ -38,7 +38,7 @@ from sqlalchemy import (
 )
 
 from pgqrs.models import archive_table, messages_table, queues_table, workers_table
-from pgqrs.repositories._base import Executor, Repository
+from pgqrs.repositories._base import Executor, Repository, Statement
 from pgqrs.repositories.messages import notifying
 
 _m = messages_table
@@ -183,8 +183,8 @@ def _replay_statement(ids: Select[Any]) -> Any:
     )
 
 
-_REPLAY_QUEUE = _replay_statement(_replay_ids)
-_REPLAY_ANY = _replay_statement(_replay_any_ids)
+_REPLAY_QUEUE = Statement(_replay_statement(_replay_ids))
+_REPLAY_ANY = Statement(_replay_statement(_replay_any_ids))
 
 
 class DashboardRepository(Repository):
