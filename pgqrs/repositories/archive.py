@@ -1,11 +1,26 @@
-"""Statements on ``pgqrs_archive``: listing, dead letters, replay, per-worker queries."""
+"""Statements on ``pgqrs_archive``: listing, dead letters, replay, retention, counts.
+
+Retention deletes in bounded batches; ``approximate_count`` stays cheap at any size.
+"""
 
 from __future__ import annotations
 
 import builtins
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+)
 
 from pgqrs.models import archive_table, messages_table
 from pgqrs.repositories._base import Executor, Repository, Statement
@@ -29,6 +44,68 @@ _REPLAY = Statement(notifying(
     )
     .returning(_m.c.id, _m.c.queue_id)
 ))
+
+_BEFORE_ALL = 2**63 - 1
+"""An id bound above every id (``bigint``'s largest)."""
+# A purge batch: the oldest purgeable rows of one queue after a keyset position, walked on
+# the (queue_id, id) index between two ids, so a batch costs the same however big the
+# archive is and never rescans what earlier batches deleted. ``archived_at`` decides what
+# goes; the id bounds only keep the walk short (see ``purge_boundary``).
+_purgeable = (
+    select(_a.c.id)
+    .where(
+        _a.c.queue_id == bindparam("p_queue_id", type_=BigInteger),
+        _a.c.id > bindparam("p_after", type_=BigInteger),
+        _a.c.id < bindparam("p_before", type_=BigInteger),
+        _a.c.archived_at < bindparam("p_cutoff", type_=DateTime(timezone=True)),
+        or_(bindparam("p_dead", type_=Boolean), _a.c.dead_letter.is_(False)),
+    )
+)
+_batch = _purgeable.order_by(_a.c.id).limit(bindparam("p_limit")).cte("batch")
+_PURGE_BATCH = delete(_a).where(_a.c.id == _batch.c.id).returning(_a.c.id)
+_PURGE_COUNT = select(func.count()).select_from(_purgeable.subquery())
+_BOUNDARY = (select(_a.c.id).where(_a.c.archived_at >= bindparam("p_cutoff"))
+             .order_by(_a.c.archived_at).limit(1))
+
+# Exact up to a limit, then the planner's estimate: the count walks at most ``limit``
+# index entries, whatever the archive's size. The estimate is the table's rows now
+# (pg_class.reltuples / relpages, scaled to its current size, as the planner does) times
+# the queue's share in ANALYZE's most-common-values of queue_id; before any ANALYZE the
+# count is exact. The same method as the Prometheus collector (pgqrs.prometheus._query).
+_APPROXIMATE = """
+WITH capped AS (
+    SELECT count(*) AS n FROM (
+        SELECT 1 FROM {s}.pgqrs_archive a WHERE {where} LIMIT :exact_limit) t
+), total AS (
+    SELECT CASE WHEN c.reltuples >= 0 AND c.relpages > 0
+                THEN c.reltuples / c.relpages
+                     * (pg_relation_size(c.oid) / current_setting('block_size')::float8)
+           END AS n
+    FROM pg_class c WHERE c.oid = to_regclass(:archive_table)
+), mcv AS (
+    SELECT v.queue_id, v.share
+    FROM pg_stats st,
+         unnest(st.most_common_vals::text::bigint[], st.most_common_freqs)
+             AS v(queue_id, share)
+    WHERE st.schemaname = :schema AND st.tablename = 'pgqrs_archive'
+      AND st.attname = 'queue_id' AND NOT st.inherited
+)
+SELECT CASE
+    WHEN (SELECT n FROM capped) < :exact_limit THEN (SELECT n FROM capped)
+    WHEN (SELECT n FROM total) IS NULL
+        THEN (SELECT count(*) FROM {s}.pgqrs_archive a WHERE {where})
+    WHEN CAST(:queue_id AS bigint) IS NULL
+        THEN greatest(:exact_limit, round((SELECT n FROM total))::bigint)
+    ELSE greatest(:exact_limit, round((SELECT n FROM total) * coalesce(
+        (SELECT share FROM mcv WHERE mcv.queue_id = :queue_id),
+        (1 - coalesce((SELECT sum(share) FROM mcv), 0))
+        / greatest((SELECT count(*) FROM {s}.pgqrs_queues)
+                   - (SELECT count(*) FROM mcv), 1)))::bigint)
+END
+"""
+
+EXACT_COUNT_LIMIT = 10_000
+"""Archived rows counted exactly by ``approximate_count``; above, the planner's estimate."""
 
 
 class ArchiveRepository(Repository):
@@ -90,3 +167,56 @@ class ArchiveRepository(Repository):
         stmt = select(_a.c.queue_id, func.count()).group_by(_a.c.queue_id)
         rows: Any = (await self._execute(executor, stmt)).all()
         return {int(q): int(n) for q, n in rows}
+
+    # -- retention ----------------------------------------------------------------------
+
+    async def purge_boundary(self, executor: Executor, cutoff: datetime) -> int:
+        """An id below which a purge up to ``cutoff`` need look (one index probe).
+
+        The id of the oldest row archived at or after ``cutoff``, or above every id. Ids
+        and ``archived_at`` grow together but not strictly (``archived_at`` is the
+        archiving transaction's start), so a row archived before ``cutoff`` with a later
+        id is left for the next purge; the ``archived_at`` test, not this bound, decides.
+        """
+        row = (await self._execute(executor, _BOUNDARY, {"p_cutoff": cutoff})).first()
+        return int(row[0]) if row is not None else _BEFORE_ALL
+
+    async def purge_batch(self, executor: Executor, *, queue_id: int, cutoff: datetime,
+                          after: int, before: int, dead_letters: bool,
+                          limit: int) -> builtins.list[int]:
+        """Delete up to ``limit`` of the queue's rows archived before ``cutoff``.
+
+        Only ids in (``after``, ``before``) are looked at, oldest first; dead letters
+        only with ``dead_letters``. Returns the deleted ids (the next ``after`` is their
+        maximum); fewer than ``limit`` means the range is done.
+        """
+        result = await self._execute(executor, _PURGE_BATCH, {
+            "p_queue_id": queue_id, "p_cutoff": cutoff, "p_after": after,
+            "p_before": before, "p_dead": dead_letters, "p_limit": limit,
+        })
+        return [int(i) for i in result.scalars()]
+
+    async def purge_count(self, executor: Executor, *, queue_id: int, cutoff: datetime,
+                          before: int, dead_letters: bool) -> int:
+        """How many rows ``purge_batch`` calls over the whole range would delete."""
+        result = await self._execute(executor, _PURGE_COUNT, {
+            "p_queue_id": queue_id, "p_cutoff": cutoff, "p_after": 0, "p_before": before,
+            "p_dead": dead_letters,
+        })
+        return int(result.scalar_one())
+
+    async def approximate_count(self, executor: Executor, *, queue_id: int | None = None,
+                                exact_limit: int = EXACT_COUNT_LIMIT) -> int:
+        """Archived rows (of one queue, or all): exact up to ``exact_limit``, else estimated.
+
+        Costs at most ``exact_limit`` index entries, however big the archive is. Above the
+        limit the figure is the planner's estimate (never below the limit), which tracks
+        the table after each ANALYZE (autovacuum runs one as the table grows).
+        """
+        quoted = f'"{self.schema}"'
+        where = "true" if queue_id is None else "a.queue_id = :queue_id"
+        result = await self._execute(
+            executor, text(_APPROXIMATE.format(s=quoted, where=where)),
+            {"exact_limit": exact_limit, "queue_id": queue_id, "schema": self.schema,
+             "archive_table": f"{quoted}.pgqrs_archive"})
+        return int(result.scalar_one())
