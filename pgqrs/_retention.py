@@ -1,9 +1,12 @@
 """Retention: delete archived rows older than a cutoff, in short bounded batches.
 
 Shared by ``Admin.purge_archive`` and the maintenance runner. Every batch is its own short
-transaction (``begin()``: the runner's also checks its lease), deleting at most
-``batch_size`` rows found on the ``(queue_id, id)`` index after the previous batch's last
-id. Nothing is held between batches, so live traffic never waits on a purge for longer
+transaction (``begin()``: the runner's also checks its lease) that looks at the next
+``batch_size`` rows of one queue on the ``(queue_id, id)`` index, after the previous
+batch's last id, and deletes those older than the cutoff. Ids grow with ``archived_at``,
+so a batch that finds no old row at all has reached the young end and the purge stops; an
+old row archived out of order beyond that point (a long archiving transaction) goes next
+time. Nothing is held between batches, so live traffic never waits on a purge for longer
 than one batch, WAL comes in small pieces autovacuum keeps up with, and an interrupted
 purge leaves what it deleted deleted and the rest in place: run it again to go on.
 """
@@ -37,12 +40,11 @@ class _Target:
     queue_id: int
     queue_name: str
     cutoff: datetime
-    before: int
 
 
 async def _targets(begin: Begin, repos: repositories.Repositories, *, queue_id: int | None,
                    older_than: float | None) -> list[_Target]:
-    """Which queues to purge, each with its cutoff (database clock) and id bound."""
+    """Which queues to purge, each with its cutoff (on the database clock)."""
     async with begin() as conn:
         if queue_id is not None:
             found = await repos.queues.get_by_id(conn, queue_id)
@@ -50,16 +52,11 @@ async def _targets(begin: Begin, repos: repositories.Repositories, *, queue_id: 
         else:
             queues = await repos.queues.list(conn)
         now = await repos.schedules.now(conn)
-        bounds: dict[datetime, int] = {}
-        targets = []
-        for queue in queues:
-            age = older_than if older_than is not None else queue.retention
-            if age is None:
-                continue  # kept forever, unless an explicit age says otherwise
-            cutoff = now - timedelta(seconds=age)
-            if cutoff not in bounds:
-                bounds[cutoff] = await repos.archive.purge_boundary(conn, cutoff)
-            targets.append(_Target(queue.id, queue.queue_name, cutoff, bounds[cutoff]))
+    targets = []
+    for queue in queues:
+        age = older_than if older_than is not None else queue.retention
+        if age is not None:  # else kept forever, unless an explicit age says otherwise
+            targets.append(_Target(queue.id, queue.queue_name, now - timedelta(seconds=age)))
     return targets
 
 
@@ -85,23 +82,24 @@ async def purge(begin: Begin, repos: repositories.Repositories, *, queue_id: int
     if dry_run:
         async with begin() as conn:
             return sum([await repos.archive.purge_count(
-                conn, queue_id=t.queue_id, cutoff=t.cutoff, before=t.before,
-                dead_letters=dead_letters) for t in targets])
+                conn, queue_id=t.queue_id, cutoff=t.cutoff, dead_letters=dead_letters)
+                for t in targets])
     total = 0
     for target in targets:
         after, deleted = 0, 0
         while stop is None or not stop.is_set():
             async with begin() as conn:
-                ids = await repos.archive.purge_batch(
+                batch = await repos.archive.purge_batch(
                     conn, queue_id=target.queue_id, cutoff=target.cutoff, after=after,
-                    before=target.before, dead_letters=dead_letters, limit=batch_size)
-            deleted += len(ids)
-            total += len(ids)
-            if ids and on_batch is not None:
+                    dead_letters=dead_letters, limit=batch_size)
+            deleted += batch.deleted
+            total += batch.deleted
+            if batch.deleted and on_batch is not None:
                 on_batch(total)
-            if len(ids) < batch_size:
+            # The queue's end, or a whole window of young rows: the rest is younger still.
+            if batch.last is None or batch.seen < batch_size or not batch.old:
                 break
-            after = max(ids)
+            after = batch.last
         if deleted:
             log.info("pgqrs retention: purged %d archived row(s) of queue %r older than %s",
                      deleted, target.queue_name, target.cutoff.isoformat())

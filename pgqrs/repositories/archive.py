@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import builtins
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     BigInteger,
@@ -45,27 +45,37 @@ _REPLAY = Statement(notifying(
     .returning(_m.c.id, _m.c.queue_id)
 ))
 
-_BEFORE_ALL = 2**63 - 1
-"""An id bound above every id (``bigint``'s largest)."""
-# A purge batch: the oldest purgeable rows of one queue after a keyset position, walked on
-# the (queue_id, id) index between two ids, so a batch costs the same however big the
-# archive is and never rescans what earlier batches deleted. ``archived_at`` decides what
-# goes; the id bounds only keep the walk short (see ``purge_boundary``).
-_purgeable = (
-    select(_a.c.id)
-    .where(
-        _a.c.queue_id == bindparam("p_queue_id", type_=BigInteger),
-        _a.c.id > bindparam("p_after", type_=BigInteger),
-        _a.c.id < bindparam("p_before", type_=BigInteger),
-        _a.c.archived_at < bindparam("p_cutoff", type_=DateTime(timezone=True)),
-        or_(bindparam("p_dead", type_=Boolean), _a.c.dead_letter.is_(False)),
-    )
+_CUTOFF = bindparam("p_cutoff", type_=DateTime(timezone=True))
+# A purge batch looks at the next ``p_limit`` rows of one queue in id order (the
+# (queue_id, id) index, from a keyset position) and deletes those archived before the
+# cutoff. Ids and archived_at grow together, so the old rows come first; a window with no
+# old row at all means the young edge is reached. A batch thus costs the same however big
+# the archive is, and never walks what earlier batches deleted.
+_window = (
+    select(_a.c.id, _a.c.archived_at, _a.c.dead_letter)
+    .where(_a.c.queue_id == bindparam("p_queue_id", type_=BigInteger),
+           _a.c.id > bindparam("p_after", type_=BigInteger))
+    .order_by(_a.c.id)
+    .limit(bindparam("p_limit"))
+    .cte("window")
 )
-_batch = _purgeable.order_by(_a.c.id).limit(bindparam("p_limit")).cte("batch")
-_PURGE_BATCH = delete(_a).where(_a.c.id == _batch.c.id).returning(_a.c.id)
-_PURGE_COUNT = select(func.count()).select_from(_purgeable.subquery())
-_BOUNDARY = (select(_a.c.id).where(_a.c.archived_at >= bindparam("p_cutoff"))
-             .order_by(_a.c.archived_at).limit(1))
+_deleted = (
+    delete(_a)
+    .where(_a.c.id == _window.c.id, _window.c.archived_at < _CUTOFF,
+           or_(bindparam("p_dead", type_=Boolean), _window.c.dead_letter.is_(False)))
+    .returning(_a.c.id)
+    .cte("deleted")
+)
+_PURGE_BATCH = select(
+    select(func.max(_window.c.id)).scalar_subquery().label("last"),
+    select(func.count()).select_from(_window).scalar_subquery().label("seen"),
+    select(func.count()).select_from(_window).where(_window.c.archived_at < _CUTOFF)
+    .scalar_subquery().label("old"),
+    select(func.count()).select_from(_deleted).scalar_subquery().label("deleted"),
+)
+_PURGE_COUNT = select(func.count()).select_from(_a).where(
+    _a.c.queue_id == bindparam("p_queue_id", type_=BigInteger), _a.c.archived_at < _CUTOFF,
+    or_(bindparam("p_dead", type_=Boolean), _a.c.dead_letter.is_(False)))
 
 # Exact up to a limit, then the planner's estimate: the count walks at most ``limit``
 # index entries, whatever the archive's size. The estimate is the table's rows now
@@ -103,6 +113,19 @@ SELECT CASE
                    - (SELECT count(*) FROM mcv), 1)))::bigint)
 END
 """
+
+class PurgeBatch(NamedTuple):
+    """What one purge batch saw and did."""
+
+    last: int | None
+    """The highest id looked at (the next batch's keyset position); None: none left."""
+    seen: int
+    """Rows looked at (fewer than the limit: the queue's end was reached)."""
+    old: int
+    """Rows among them archived before the cutoff (0: the young edge was reached)."""
+    deleted: int
+    """Rows deleted (old ones, less spared dead letters)."""
+
 
 EXACT_COUNT_LIMIT = 10_000
 """Archived rows counted exactly by ``approximate_count``; above, the planner's estimate."""
@@ -170,38 +193,23 @@ class ArchiveRepository(Repository):
 
     # -- retention ----------------------------------------------------------------------
 
-    async def purge_boundary(self, executor: Executor, cutoff: datetime) -> int:
-        """An id below which a purge up to ``cutoff`` need look (one index probe).
-
-        The id of the oldest row archived at or after ``cutoff``, or above every id. Ids
-        and ``archived_at`` grow together but not strictly (``archived_at`` is the
-        archiving transaction's start), so a row archived before ``cutoff`` with a later
-        id is left for the next purge; the ``archived_at`` test, not this bound, decides.
-        """
-        row = (await self._execute(executor, _BOUNDARY, {"p_cutoff": cutoff})).first()
-        return int(row[0]) if row is not None else _BEFORE_ALL
-
     async def purge_batch(self, executor: Executor, *, queue_id: int, cutoff: datetime,
-                          after: int, before: int, dead_letters: bool,
-                          limit: int) -> builtins.list[int]:
-        """Delete up to ``limit`` of the queue's rows archived before ``cutoff``.
+                          after: int, dead_letters: bool, limit: int) -> PurgeBatch:
+        """Look at the queue's next ``limit`` rows after id ``after``; delete the old ones.
 
-        Only ids in (``after``, ``before``) are looked at, oldest first; dead letters
-        only with ``dead_letters``. Returns the deleted ids (the next ``after`` is their
-        maximum); fewer than ``limit`` means the range is done.
+        Old: archived before ``cutoff`` (dead letters only with ``dead_letters``).
         """
-        result = await self._execute(executor, _PURGE_BATCH, {
+        row = (await self._execute(executor, _PURGE_BATCH, {
             "p_queue_id": queue_id, "p_cutoff": cutoff, "p_after": after,
-            "p_before": before, "p_dead": dead_letters, "p_limit": limit,
-        })
-        return [int(i) for i in result.scalars()]
+            "p_dead": dead_letters, "p_limit": limit,
+        })).one()
+        return PurgeBatch(last=row.last, seen=row.seen, old=row.old, deleted=row.deleted)
 
     async def purge_count(self, executor: Executor, *, queue_id: int, cutoff: datetime,
-                          before: int, dead_letters: bool) -> int:
-        """How many rows ``purge_batch`` calls over the whole range would delete."""
+                          dead_letters: bool) -> int:
+        """How many of the queue's rows are older than ``cutoff`` (a purge's dry run)."""
         result = await self._execute(executor, _PURGE_COUNT, {
-            "p_queue_id": queue_id, "p_cutoff": cutoff, "p_after": 0, "p_before": before,
-            "p_dead": dead_letters,
+            "p_queue_id": queue_id, "p_cutoff": cutoff, "p_dead": dead_letters,
         })
         return int(result.scalar_one())
 
