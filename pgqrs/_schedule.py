@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -83,6 +83,38 @@ def validate_cron(expression: object, timezone: object = "UTC") -> tuple[str, st
     expression = " ".join(expression.split())
     next_tick(expression, timezone, datetime.now(UTC))  # parses, and finds a tick
     return expression, timezone
+
+
+def latest_ticks(expression: str, timezone: str, until: datetime, count: int) -> list[datetime]:
+    """Up to ``count`` ticks at or before ``until``, newest first, in UTC.
+
+    Raises:
+        ValidationError: the expression is invalid.
+    """
+    local = (until + timedelta(seconds=1)).astimezone(zone(timezone))
+    try:
+        ticks = CronSim(expression, local.replace(microsecond=0), reverse=True)
+        found = []
+        for tick in ticks:
+            if tick.astimezone(UTC) > until:
+                continue
+            found.append(tick.astimezone(UTC))
+            if len(found) == count:
+                break
+    except CronSimError as exc:
+        raise errors.ValidationError(f"Invalid cron expression {expression!r:.80}: {exc}") \
+            from None
+    return found
+
+
+def ticks_between(expression: str, timezone: str, start: datetime, end: datetime, *,
+                  limit: int = 100_000) -> int:
+    """How many ticks fall in ``[start, end)``, ``start`` being one (stops at ``limit``)."""
+    count, tick = 0, start
+    while tick < end and count < limit:
+        count += 1
+        tick = next_tick(expression, timezone, tick)
+    return count
 
 
 def next_tick(expression: str, timezone: str, after: datetime) -> datetime:

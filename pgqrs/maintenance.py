@@ -33,7 +33,7 @@ import secrets
 import socket
 import time
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -49,6 +49,9 @@ DEFAULT_INTERVAL = 60.0
 DEFAULT_PURGE_WORKERS_AFTER = 7 * 86400.0
 """Seconds a stopped worker's row is kept (by its last heartbeat) before a round deletes it."""
 _MAX_LEASE = 30.0
+MAX_CATCH_UP = 1000
+"""Most missed ticks of one schedule enqueued on catch-up (the latest ones); older are
+skipped, so a runner back after a long outage does not flood the queue."""
 _EARLY = 0.005
 """Seconds added to a wait for a schedule's tick, so the runner never wakes just before."""
 
@@ -108,7 +111,7 @@ class Maintenance:
                  purge_workers_after: float | None = DEFAULT_PURGE_WORKERS_AFTER,
                  name: str | None = None, **options: Any) -> None:
         settings = Settings.build(**options)
-        self._setup(_db.open_backend(dsn, settings, pooled=False), settings, owned=True,
+        self._setup(_db.open_backend(dsn, settings), settings, owned=True,
                     interval=interval, lease=lease, batch_size=batch_size,
                     purge_workers_after=purge_workers_after, name=name)
 
@@ -134,6 +137,7 @@ class Maintenance:
         self._leading = False
         self._next_round = 0.0
         self._scheduled = self._skipped = 0
+        self._catch_up_from: dict[int, datetime] = {}
 
     @classmethod
     def sharing(cls, backend: _db.Backend, *, interval: float = DEFAULT_INTERVAL,
@@ -261,31 +265,54 @@ class Maintenance:
                 await self._tick(conn, due)
 
     async def _tick(self, conn: Executor, due: dict[str, Any]) -> None:
+        """Enqueue (or skip) the due tick of one locked schedule, in the caller's transaction.
+
+        A tick is *current* while the one after it has not come due yet; it is enqueued and
+        ``next_run`` moves to the following tick. Otherwise it was missed (no runner ran
+        at its time): with ``catch_up`` it is still enqueued if it is among the latest
+        ``MAX_CATCH_UP`` due ticks; without, only the latest due tick is. The ticks before
+        are skipped in one step, logged with their number.
+        """
+        name, cron, zone = due["name"], due["cron"], due["timezone"]
+        tick, now = due["next_run"], due["now"]
         try:
-            following = _schedule.next_tick(due["cron"], due["timezone"], due["next_run"])
-            missed = following <= due["now"]
-            if missed:
-                following = _schedule.next_tick(due["cron"], due["timezone"], due["now"])
+            following = _schedule.next_tick(cron, zone, tick)
+            oldest_kept = self._catch_up_from.get(due["id"])
+            if following <= now and (oldest_kept is None or tick < oldest_kept):
+                # Missed: is it within the window of ticks still to enqueue? (Computed once
+                # per catch-up, not per tick: the window only moves forward.)
+                window = _schedule.latest_ticks(cron, zone, now,
+                                                MAX_CATCH_UP if due["catch_up"] else 1)
+                if window:
+                    self._catch_up_from[due["id"]] = window[-1]
+                if window and window[-1] > tick:
+                    skipped = _schedule.ticks_between(cron, zone, tick, window[-1])
+                    await self._advance(conn, due, window[-1], enqueue=False)
+                    self._skipped += skipped
+                    log.warning("pgqrs schedule %r: skipped %d missed tick(s) from %s to "
+                                "before %s (%s)", name, skipped, tick.isoformat(),
+                                window[-1].isoformat(),
+                                "catch_up=False" if not due["catch_up"]
+                                else f"more than {MAX_CATCH_UP} were missed")
+                    return
         except errors.ValidationError as exc:  # edited to nonsense behind pgqrs's back
             log.error("pgqrs schedule %r cannot be evaluated (%s); retrying in a day, or "
-                      "when it is redefined with Admin.schedule()", due["name"], exc)
-            await self._repos.schedules.advance(
-                conn, self._repos.messages, schedule_id=due["id"], due=due["next_run"],
-                next_run=due["now"] + timedelta(days=1), enqueue=False)
+                      "when it is redefined with Admin.schedule()", name, exc)
+            await self._advance(conn, due, now + timedelta(days=1), enqueue=False)
             return
-        enqueue = not missed or due["catch_up"]
-        message_id = await self._repos.schedules.advance(
-            conn, self._repos.messages, schedule_id=due["id"], due=due["next_run"],
-            next_run=following, enqueue=enqueue)
+        message_id = await self._advance(conn, due, following, enqueue=True)
         if message_id is not None:
             self._scheduled += 1
-            log.info("pgqrs schedule %r: enqueued message %d for the tick of %s%s",
-                     due["name"], message_id, due["next_run"].isoformat(),
-                     " (catching up on missed ticks)" if missed else "")
-        elif not enqueue:
-            self._skipped += 1
-            log.info("pgqrs schedule %r: skipped missed ticks from %s (catch_up=False)",
-                     due["name"], due["next_run"].isoformat())
+            log.info("pgqrs schedule %r: enqueued message %d for the tick of %s%s", name,
+                     message_id, tick.isoformat(),
+                     f" ({(now - tick).total_seconds():.1f}s late)"
+                     if following <= now else "")
+
+    async def _advance(self, conn: Executor, due: dict[str, Any], next_run: datetime, *,
+                       enqueue: bool) -> int | None:
+        return await self._repos.schedules.advance(
+            conn, self._repos.messages, schedule_id=due["id"], due=due["next_run"],
+            next_run=next_run, enqueue=enqueue)
 
     async def _round(self, stop: asyncio.Event | None) -> MaintenanceReport:
         started = time.monotonic()

@@ -345,21 +345,42 @@ async def messages_of(dsn: str) -> list[dict[str, object]]:
     return [__import__("json").loads(r["p"]) for r in rows]
 
 
-@pytest.mark.parametrize(("catch_up", "expected"), [(True, 1), (False, 0)])
-async def test_missed_ticks_are_enqueued_once_or_skipped(admin: Admin, dsn: str,
-                                                         catch_up: bool, expected: int) -> None:
+@pytest.mark.parametrize("catch_up", [True, False])
+async def test_missed_ticks_are_each_enqueued_once_or_skipped(
+        admin: Admin, dsn: str, catch_up: bool, caplog: pytest.LogCaptureFixture) -> None:
     await admin.create_queue("q")
     await admin.schedule("q", "s", cron="*/5 * * * *", payload={"k": 1}, catch_up=catch_up)
-    # Nothing ran for an hour: twelve ticks came due.
-    await sql(dsn, "UPDATE pgqrs_schedules SET next_run = "
-                   "date_trunc('hour', now()) - interval '1 hour'")
+    # Nothing ran for over an hour: the ticks since then came due.
+    start = (await sql(dsn, "UPDATE pgqrs_schedules SET next_run = date_trunc('hour', now()) "
+                            "- interval '1 hour' RETURNING next_run, now() AS now"))[0]
+    due = int((start["now"] - start["next_run"]).total_seconds() // 300) + 1
+    caplog.set_level(logging.INFO, logger="pgqrs.maintenance")
     async with Maintenance(dsn, name="r") as runner:
-        await runner.run_once()
-    assert len(await messages_of(dsn)) == expected
+        report = await runner.run_once()
+    assert report is not None
+    expected = due if catch_up else 1  # or only the latest
+    assert len(await messages_of(dsn)) == report.scheduled == expected
+    assert report.skipped_ticks == due - expected
     (info,) = await admin.list_schedules()
     now = (await sql(dsn, "SELECT now() AS n"))[0]["n"]
     assert now < info.next_run <= now + timedelta(minutes=5)  # back on its ticks
-    assert (info.last_message_id is not None) is catch_up
+    assert info.last_message_id is not None
+    skips = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()
+             and "tick(s) from" in r.getMessage()]
+    assert len(skips) == (0 if catch_up else 1), skips
+
+
+async def test_a_long_outage_enqueues_only_the_latest_ticks(admin: Admin, dsn: str) -> None:
+    await admin.create_queue("q")
+    await admin.schedule("q", "s", cron="* * * * * *", payload={})
+    await sql(dsn, "UPDATE pgqrs_schedules SET next_run = date_trunc('second', now()) "
+                   "- interval '3000 seconds'")
+    async with Maintenance(dsn, name="r") as runner:
+        report = await runner.run_once()
+    assert report is not None
+    # The latest 1,000 ticks (and those that came due meanwhile), the 2,000 before skipped.
+    assert 1000 <= report.scheduled <= 1100
+    assert 1990 <= report.skipped_ticks <= 2010
 
 
 async def test_a_due_tick_is_enqueued_once_by_racing_runners(admin: Admin, dsn: str) -> None:
