@@ -16,10 +16,9 @@ from typing import Any
 
 import asyncpg
 import pytest
+from test_0002_queue_policy import SEED_0001, migrate_to, offline, snapshot, sql
 
 from pgqrs import Admin, Maintenance, migrate
-
-from test_0002_queue_policy import SEED_0001, migrate_to, offline, snapshot, sql
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,7 +65,7 @@ async def test_upgrade_with_data_in_place_then_round_trip(empty_dsn: str) -> Non
     lease = await sql(empty_dsn, "SELECT id, holder FROM pgqrs_maintenance")
     assert [tuple(r) for r in lease] == [(1, None)]
     async with Admin(empty_dsn) as admin:
-        if REVISION == migrate.head_revision():
+        if migrate.head_revision() == REVISION:
             assert await admin.verify() == REVISION
         await admin.schedule("a", "s", cron="*/5 * * * *", payload={"x": 1})
         # The old rows work with the new code: retention, and the runner's round.

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -26,7 +27,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from pgqrs import Admin, Producer
+from pgqrs import Admin, Maintenance, Producer
+
+from .support import Bouncer
+from .test_pgbouncer import fresh_database
 
 HERE = Path(__file__).resolve().parent
 PROC = HERE / "maintenance_proc.py"
@@ -72,8 +76,8 @@ async def test_purge_in_batches_while_four_consumers_drain(dsn: str, tmp_path: P
         FROM generate_series(1, {ARCHIVED}) i""")
     await sql(dsn, "VACUUM ANALYZE pgqrs_archive")
     done = tmp_path / "done"
-    procs = [python(tmp_path, str(PROC), "drain", dsn, "work", str(10 + i), str(tmp_path / f"{i}.json"),
-                    str(done)) for i in range(4)]
+    procs = [python(tmp_path, str(PROC), "drain", dsn, "work", str(10 + i),
+                    str(tmp_path / f"{i}.json"), str(done)) for i in range(4)]
     try:
         await asyncio.sleep(1.5)  # the consumers are draining
         async with Admin(dsn) as admin:
@@ -185,7 +189,7 @@ async def test_one_runner_acts_at_a_time_and_each_tick_is_one_message(
     assert all(r["n"] == 1 and r["commit"] is not None for r in log)
     # No two transactions on the lease row overlap (each begins after the previous one
     # committed): every action of every runner ran alone.
-    overlaps = [(a["holder"], b["holder"]) for a, b in zip(log, log[1:], strict=False)
+    overlaps = [(a["holder"], b["holder"]) for a, b in itertools.pairwise(log)
                 if b["start"] < a["commit"]]
     assert overlaps == []
     holders = [r["holder"] for r in log]
@@ -209,3 +213,41 @@ async def test_one_runner_acts_at_a_time_and_each_tick_is_one_message(
     assert ticks >= RUN_SECONDS - 5
     assert messages[0]["n"] == ticks
     assert takeover < 3.0, figures  # lease 0.75 s + a poll of 0.25 s, with slack for CI
+
+
+# -- through pgbouncer (transaction pooling) -------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+async def test_runners_through_pgbouncer_share_the_lease(pgbouncer: Bouncer,
+                                                         server_dsn: str) -> None:
+    # The lease is rows and row locks, so it holds through transaction pooling, where two
+    # runners' transactions take turns on the same three server connections.
+    direct = await fresh_database(server_dsn, "pgqrs_bouncer_maintenance")
+    dsn = pgbouncer.dsn_for(direct)
+    async with Admin(dsn, pgbouncer=True) as admin:
+        await admin.install()
+        await admin.create_queue("ticks")
+        await sql(direct, OBSERVE)
+        info = await admin.schedule("ticks", "every-second", cron="* * * * * *",
+                                    payload={"tick": True})
+    stop = asyncio.Event()
+    runners = [Maintenance(dsn, interval=0.5, name=f"r{i}", pgbouncer=True) for i in range(2)]
+    tasks = [asyncio.create_task(r.run(stop)) for r in runners]
+    await asyncio.sleep(3.5)
+    leader = next(r for r in runners if r.leading)
+    await leader._release()  # hand over mid-run (the runner stands by, then leads again)
+    await asyncio.sleep(3.0)
+    stop.set()
+    await asyncio.gather(*tasks)
+    for runner in runners:
+        await runner.close()
+    log = await sql(direct, """SELECT txid, min(at) FILTER (WHERE kind = 'change') AS start,
+                                      max(at) FILTER (WHERE kind = 'commit') AS commit
+                               FROM lease_log GROUP BY txid ORDER BY start""")
+    assert len(log) > 20
+    assert [a for a, b in itertools.pairwise(log) if b["start"] < a["commit"]] == []
+    state = await sql(direct, "SELECT last_run_at FROM pgqrs_schedules")
+    ticks = int((state[0]["last_run_at"] - info.next_run).total_seconds()) + 1
+    messages = await sql(direct, "SELECT count(*) AS n FROM pgqrs_messages")
+    assert ticks >= 5 and messages[0]["n"] == ticks
