@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from pgqrs._schedule import ScheduleInfo
 from pgqrs.admin import Admin
 from pgqrs.config import Config
 from pgqrs.consumer import Consumer
@@ -23,6 +24,7 @@ from pgqrs.errors import (
     WorkerAlreadyExistsError,
     WorkerNotFoundError,
 )
+from pgqrs.maintenance import Maintenance, MaintenanceReport
 from pgqrs.producer import Producer
 from pgqrs.settings import Settings
 from pgqrs.types import (
@@ -52,6 +54,8 @@ __all__ = [
     "Consumer",
     "DatabaseError",
     "DatabaseUnavailableError",
+    "Maintenance",
+    "MaintenanceReport",
     "Outcome",
     "PgqrsError",
     "Producer",
@@ -62,6 +66,7 @@ __all__ = [
     "QueueMetrics",
     "QueueNotFoundError",
     "QueuePolicy",
+    "ScheduleInfo",
     "SchemaError",
     "SchemaNotInstalledError",
     "SchemaVersionMismatchError",

@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pgqrs import _accessors, _compat, _db, _validation, errors, migrate, repositories
+from pgqrs._admin_maintenance import AdminMaintenance
 from pgqrs.config import Config
 from pgqrs.settings import DEFAULT, Default, Settings, validate_policy
 from pgqrs.types import (
@@ -23,8 +24,11 @@ from pgqrs.types import (
 )
 
 
-class Admin:
+class Admin(AdminMaintenance):
     """Installs the schema and administers queues, workers, metrics and dead letters.
+
+    Retention and recurring messages (``purge_archive``, ``schedule``, ...) come from
+    ``pgqrs._admin_maintenance``.
 
     Example:
         async with Admin("postgresql://localhost/mydb") as admin:
@@ -195,12 +199,12 @@ class Admin:
     # -- metrics --------------------------------------------------------------------------
 
     async def queue_metrics(self, name: str) -> QueueMetrics:
-        """Message counts of one queue, in one snapshot."""
+        """Message counts of one queue, in one snapshot (archived: exact up to 10,000)."""
         name = _validation.queue_name(name)
         async with self._db.transaction() as conn:
             queue = await self._queues.get(conn, name)
             rows = await self._messages.metrics(conn, queue_id=queue.id)
-            archived = await self._archive.count(conn, queue_id=queue.id)
+            archived = await self._archive.approximate_count(conn, queue_id=queue.id)
         return _metrics(queue, rows.get(queue.id), archived)
 
     async def all_queues_metrics(self) -> list[QueueMetrics]:
@@ -208,17 +212,22 @@ class Admin:
         async with self._db.transaction() as conn:
             queues = await self._queues.list(conn)
             rows = await self._messages.metrics(conn, queue_id=None)
-            archived = await self._archive.counts_by_queue(conn)
-        return [_metrics(q, rows.get(q.id), archived.get(q.id, 0)) for q in queues]
+            archived = {q.id: await self._archive.approximate_count(conn, queue_id=q.id)
+                        for q in queues}
+        return [_metrics(q, rows.get(q.id), archived[q.id]) for q in queues]
 
     async def system_stats(self) -> SystemStats:
-        """Queues, workers by status, message and archive counts, schema revision."""
+        """Queues, workers by status, message and archive counts, schema revision.
+
+        The archive count is exact up to 10,000 rows, then the planner's estimate, so this
+        stays fast however big the archive grows (``ArchiveRepository.approximate_count``).
+        """
         async with self._db.transaction() as conn:
             queues = await self._queues.count(conn)
             health = await self._workers.health(conn, stale_after=self.settings.stale_threshold,
                                                 by_queue=False)
             messages = await self._messages.count(conn)
-            archived = await self._archive.count(conn)
+            archived = await self._archive.approximate_count(conn)
             revision = await self._db.run_sync(conn, migrate.current_revision, self.schema)
         h = health[0]
         return SystemStats(

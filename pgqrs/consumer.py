@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pgqrs import _compat, _consume, _notify, _validation, errors
+from pgqrs import maintenance as _maint
 from pgqrs._consume import Handler, HandlerWrapper, SettledHook
 from pgqrs._worker import WorkerClient
 from pgqrs.config import DEFAULT_LOCK_TIME_SECONDS
@@ -270,6 +271,7 @@ class Consumer(WorkerClient):
         handle_signals: bool | None = None,
         on_settled: SettledHook | None = None,
         around_handler: HandlerWrapper | None = None,
+        maintenance: bool | float = False,
     ) -> int:
         """Run ``handler`` on every message until stopped; return how many succeeded.
 
@@ -319,6 +321,9 @@ class Consumer(WorkerClient):
                 handler call, in the handler's task (for a tracing span or context
                 variables). Whatever it raises counts as the handler failing; an
                 exception it swallows counts as success.
+            maintenance: also run the maintenance routine (``pgqrs.maintenance``) for as
+                long as this loop runs: True every 60 s, or every this many seconds. One
+                runner acts at a time across all processes, whoever started them.
 
         Raises:
             ValidationError: an option is out of range or a hook is not callable.
@@ -331,7 +336,15 @@ class Consumer(WorkerClient):
             stop_when_idle=stop_when_idle, on_settled=on_settled,
             around_handler=around_handler,
         )
-        return await loop.run(handle_signals=handle_signals)
+        if maintenance is False:
+            return await loop.run(handle_signals=handle_signals)
+        every = _maint.DEFAULT_INTERVAL if maintenance is True else maintenance
+        runner = _maint.start(self._db, every, stop_runner := asyncio.Event())
+        try:
+            return await loop.run(handle_signals=handle_signals)
+        finally:
+            stop_runner.set()
+            await runner
 
 
 class _LoopSource:

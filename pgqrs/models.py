@@ -1,4 +1,4 @@
-"""SQLAlchemy declarative models of the four pgqrs tables.
+"""SQLAlchemy declarative models of the pgqrs tables.
 
 They live on pgqrs's own ``MetaData`` (never the host application's) with ``schema=None``;
 pgqrs maps ``None`` to the configured schema on every statement
@@ -46,6 +46,7 @@ NAMING_CONVENTION = {
 }
 
 QUEUE_NAME_MAX_LENGTH = 255
+SCHEDULE_NAME_MAX_LENGTH = 255
 
 
 class PgqrsBase(DeclarativeBase):
@@ -195,20 +196,80 @@ class Archive(PgqrsBase):
     )
 
 
+
+class Schedule(PgqrsBase):
+    """A recurring message: enqueued on ``queue_id`` at every tick of ``cron``.
+
+    ``next_run`` is the next tick not yet enqueued; the maintenance runner moves it forward
+    with a compare-and-set in the transaction that enqueues the tick, so a tick is enqueued
+    exactly once however many runners there are.
+    """
+
+    __tablename__ = "pgqrs_schedules"
+    __table_args__ = (
+        UniqueConstraint("name"),
+        Index(None, "next_run"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    name: Mapped[str] = mapped_column(String(SCHEDULE_NAME_MAX_LENGTH), nullable=False)
+    queue_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("pgqrs_queues.id", ondelete="CASCADE"), nullable=False
+    )
+    cron: Mapped[str] = mapped_column(Text, nullable=False)
+    timezone: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'UTC'"))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    headers: Mapped[dict[str, str] | None] = mapped_column(JSONB, nullable=True)
+    catch_up: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
+    next_run: Mapped[datetime] = mapped_column(_TIMESTAMP, nullable=False)
+    last_run_at: Mapped[datetime | None] = mapped_column(_TIMESTAMP, nullable=True)
+    last_message_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(
+        _TIMESTAMP, nullable=False, server_default=func.now()
+    )
+
+
+class MaintenanceLease(PgqrsBase):
+    """The one row saying which maintenance runner may act, and until when.
+
+    Every action of the runner starts with an ``UPDATE`` of this row that checks it still
+    holds the lease (and extends it): the row lock that ``UPDATE`` takes lasts until the
+    action commits, so two actions never overlap, and a runner whose lease ran out acts no
+    more.
+    """
+
+    __tablename__ = "pgqrs_maintenance"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    holder: Mapped[str | None] = mapped_column(Text, nullable=True)
+    acquired_at: Mapped[datetime | None] = mapped_column(_TIMESTAMP, nullable=True)
+    lease_until: Mapped[datetime] = mapped_column(
+        _TIMESTAMP, nullable=False, server_default=text("'-infinity'")
+    )
+    last_round_at: Mapped[datetime | None] = mapped_column(_TIMESTAMP, nullable=True)
+
+
 queues_table = cast(Table, Queue.__table__)
 workers_table = cast(Table, Worker.__table__)
 messages_table = cast(Table, Message.__table__)
 archive_table = cast(Table, Archive.__table__)
+schedules_table = cast(Table, Schedule.__table__)
+maintenance_table = cast(Table, MaintenanceLease.__table__)
 
 __all__ = [
     "NAMING_CONVENTION",
     "Archive",
+    "MaintenanceLease",
     "Message",
     "PgqrsBase",
     "Queue",
+    "Schedule",
     "Worker",
     "archive_table",
+    "maintenance_table",
     "messages_table",
     "queues_table",
+    "schedules_table",
     "workers_table",
 ]

@@ -4,10 +4,11 @@ Built on the public API only. Exit codes: 0 success, 1 operational error (one li
 stderr), 2 usage error, 130 interrupted.
 
 Layout: one module per command group (:mod:`~pgqrs.cli.system` for the top-level commands,
-:mod:`~pgqrs.cli.queues`, :mod:`~pgqrs.cli.messages`, :mod:`~pgqrs.cli.workers`,
-:mod:`~pgqrs.cli.archive`), each registering one handler per leaf command on its
-:class:`~pgqrs.cli._command.Group`. To add a command, add a decorated handler to its group's
-module; to add a group, add a module and list its group in :data:`GROUPS`.
+:mod:`~pgqrs.cli.maintain`, :mod:`~pgqrs.cli.queues`, :mod:`~pgqrs.cli.messages`,
+:mod:`~pgqrs.cli.workers`, :mod:`~pgqrs.cli.archive`, :mod:`~pgqrs.cli.schedules`), each
+registering one handler per leaf command on its :class:`~pgqrs.cli._command.Group`. To add
+a command, add a decorated handler to its group's module; to add a group, add a module and
+list its group in :data:`GROUPS`.
 """
 
 from __future__ import annotations
@@ -19,13 +20,24 @@ import sys
 from collections.abc import Sequence
 
 from pgqrs import errors
-from pgqrs.cli import _output, _parser, archive, messages, metrics, queues, system, workers
+from pgqrs.cli import (
+    _output,
+    _parser,
+    archive,
+    maintain,
+    messages,
+    metrics,
+    queues,
+    schedules,
+    system,
+    workers,
+)
 from pgqrs.cli._command import Context, Group
 
 __all__ = ["GROUPS", "build_parser", "main"]
 
-GROUPS: tuple[Group, ...] = (system.group, queues.group, messages.group, workers.group,
-                             archive.group, metrics.group)
+GROUPS: tuple[Group, ...] = (system.group, maintain.group, queues.group, messages.group,
+                             workers.group, archive.group, schedules.group, metrics.group)
 """Every command group, in the order ``pgqrs --help`` lists them."""
 
 

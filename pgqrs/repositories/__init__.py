@@ -11,8 +11,10 @@ import functools
 
 from pgqrs.repositories._base import Compiled, Executes, Executor, Repository, Statement
 from pgqrs.repositories.archive import ArchiveRepository
+from pgqrs.repositories.lease import LeaseRepository
 from pgqrs.repositories.messages import MessageRepository
 from pgqrs.repositories.queues import QueueRepository
+from pgqrs.repositories.schedules import ScheduleRepository
 from pgqrs.repositories.workers import WorkerRepository
 
 __all__ = [
@@ -20,10 +22,12 @@ __all__ = [
     "Compiled",
     "Executes",
     "Executor",
+    "LeaseRepository",
     "MessageRepository",
     "QueueRepository",
     "Repositories",
     "Repository",
+    "ScheduleRepository",
     "Statement",
     "WorkerRepository",
     "for_schema",
@@ -38,6 +42,8 @@ class Repositories:
     workers: WorkerRepository
     messages: MessageRepository
     archive: ArchiveRepository
+    schedules: ScheduleRepository
+    lease: LeaseRepository
 
 
 @functools.cache
@@ -45,11 +51,13 @@ def for_schema(schema: str) -> Repositories:
     """The process-wide repositories of ``schema`` (a validated schema name).
 
     Cached for the life of the process: an application uses a handful of schemas, and a
-    bundle is four small objects.
+    bundle is six small objects.
     """
     return Repositories(
         queues=QueueRepository(schema),
         workers=WorkerRepository(schema),
         messages=MessageRepository(schema),
         archive=ArchiveRepository(schema),
+        schedules=ScheduleRepository(schema),
+        lease=LeaseRepository(schema),
     )

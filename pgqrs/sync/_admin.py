@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -9,6 +10,7 @@ from typing import Any, Self
 from sqlalchemy import Connection, Engine
 
 from pgqrs import admin
+from pgqrs._schedule import ScheduleInfo
 from pgqrs.settings import DEFAULT, Default, Settings
 from pgqrs.sync import _accessors, _db, _loop
 from pgqrs.types import (
@@ -174,6 +176,35 @@ class Admin:
     def replay_dlq(self, archive_id: int) -> int | None:
         """Put a dead letter back on its queue as a fresh message; its new id, or None."""
         return _loop.run(self._core.replay_dlq(archive_id))
+
+    def purge_archive(self, *, queue: str | None = None,
+                      older_than: float | timedelta | None = None, dead_letters: bool = True,
+                      batch_size: int = 1000, dry_run: bool = False,
+                      on_batch: Callable[[int], object] | None = None) -> int:
+        """Delete archived rows by age in short batches (see ``pgqrs.Admin.purge_archive``)."""
+        return _loop.run(self._core.purge_archive(
+            queue=queue, older_than=older_than, dead_letters=dead_letters,
+            batch_size=batch_size, dry_run=dry_run, on_batch=on_batch))
+
+    def schedule(self, queue: str, name: str, *, cron: str, payload: dict[str, Any],
+                 headers: Mapping[str, str] | None = None, timezone: str = "UTC",
+                 catch_up: bool = True) -> ScheduleInfo:
+        """Define a recurring message (see ``pgqrs.Admin.schedule``)."""
+        return _loop.run(self._core.schedule(queue, name, cron=cron, payload=payload,
+                                             headers=headers, timezone=timezone,
+                                             catch_up=catch_up))
+
+    def unschedule(self, name: str) -> bool:
+        """Remove the schedule ``name``; False if there was none."""
+        return _loop.run(self._core.unschedule(name))
+
+    def get_schedule(self, name: str) -> ScheduleInfo | None:
+        """The schedule called ``name``, or None."""
+        return _loop.run(self._core.get_schedule(name))
+
+    def list_schedules(self, queue: str | None = None) -> list[ScheduleInfo]:
+        """Every schedule (or those of ``queue``), ordered by name."""
+        return _loop.run(self._core.list_schedules(queue))
 
     def get_queues(self) -> _accessors.Queues:
         """Accessor for ``pgqrs_queues``."""

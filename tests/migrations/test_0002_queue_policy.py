@@ -39,6 +39,10 @@ RELEASED = [
      "c61a7bd20eb2039cb970339e5531cef6a928fadc5468bf091d9bde33980a9316"),
     ("pgqrs_0002_queue_policy.py",
      "507e0bf682f3d9c06d11799721b1d9b91391962bee8b1df30105d41d3e175eee"),
+    # Renumbered to pgqrs_0004 at the merge with pgqrs_0003_message_options: update the
+    # name and the checksum together.
+    ("pgqrs_0003_maintenance.py",
+     "4d24e398ebf120715416e59143950c068956a4e646480ee21442a3acff7c730a"),
 ]
 
 POLICY_DEFAULTS = {"max_read_ct": 5, "visibility_timeout": timedelta(seconds=30),
