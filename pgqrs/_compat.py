@@ -49,11 +49,9 @@ class _Registrable(Protocol):
 class AdminDatabase(Database):
     """The Admin's database, which registers the clients created from the Admin on time."""
 
-    def __init__(self, target: str | AsyncEngine, settings: Settings, *, pooled: bool = True,
-                 client_defaults: dict[str, Any] | None = None) -> None:
+    def __init__(self, target: str | AsyncEngine, settings: Settings, *,
+                 pooled: bool = True) -> None:
         super().__init__(target, settings, pooled=pooled)
-        self.client_defaults = client_defaults or {}
-        """Constructor defaults for clients created from the Admin (from its ``Config``)."""
         self._pending: list[_Registrable] = []
         self._registering: asyncio.Lock | None = None
 
@@ -115,21 +113,24 @@ def lender(target: object) -> AdminDatabase | None:
 def unpack_config(
     target: str | AsyncEngine | Config, schema: str | None, max_read_ct: int | None,
     options: dict[str, Any],
-) -> tuple[str | AsyncEngine, str | None, int | None, dict[str, Any], dict[str, Any]]:
+) -> tuple[str | AsyncEngine, str | None, int | None, dict[str, Any]]:
     """Turn ``Admin(config, ...)`` into ``Admin(dsn, ...)``; explicit keywords win.
 
+    The ``Config``'s queue rules (``max_read_ct``, ``default_lock_time_seconds``) become
+    the Admin's defaults for the queues it creates: clients then follow each queue's.
+
     Returns:
-        (dsn or engine, schema, max_read_ct, Settings options, client defaults); everything
-        but the target passes through unchanged when ``target`` is not a ``Config``.
+        (dsn or engine, schema, max_read_ct, Settings options); everything but the target
+        passes through unchanged when ``target`` is not a ``Config``.
     """
     if not isinstance(target, Config):
-        return target, schema, max_read_ct, options, {}
-    settings, config_read_ct, clients = target.admin_options()
+        return target, schema, max_read_ct, options
+    settings, config_read_ct = target.admin_options()
     merged = {**settings, **{k: v for k, v in options.items() if v is not None}}
     chosen_schema = merged.pop("schema") if schema is None else schema
     merged.pop("schema", None)
     return (target.dsn, chosen_schema, config_read_ct if max_read_ct is None else max_read_ct,
-            merged, clients)
+            merged)
 
 
 def client_database(admin_db: AdminDatabase,
@@ -160,9 +161,3 @@ def client_database(admin_db: AdminDatabase,
     # blank (it connects through a creator), so take the Admin's.
     db.identity = admin_db.identity
     return settings, db
-
-
-def client_default(target: object, name: str) -> Any:
-    """A constructor default the Admin ``target`` sets for its clients, or None."""
-    db = lender(target)
-    return db.client_defaults.get(name) if db is not None else None

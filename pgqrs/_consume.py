@@ -5,18 +5,26 @@ statements that record an outcome), so it never touches the Consumer's internals
 delivery it claims is settled exactly once, in ``ConsumeLoop._settle``: that is where the
 ``on_settled`` hook is called, after the database agreed (successes are archived in
 batches by ``AckBatcher``). Signal handling lives in ``pgqrs._signals``.
+
+The rules come from the queue (SPEC §12): a claim without a lease of its own gets the
+queue's, and a failed handler is dead-lettered or retried by the queue's policy, read on
+the failure path at most once per poll interval (``MessageSource.policy``).
+
+Over 400 lines: the loop is one state machine (claiming, running, settling, stopping),
+which reads better whole than split across modules.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from pgqrs import _signals, _validation, errors
-from pgqrs.types import Outcome, QueueMessage, Settled
+from pgqrs.types import Outcome, QueueMessage, QueuePolicy, Settled
 
 log = logging.getLogger("pgqrs")
 
@@ -37,17 +45,19 @@ class MessageSource(Protocol):
     """What the consume loop needs from its consumer, and nothing more."""
 
     @property
-    def visibility_timeout(self) -> float:
-        """The lease given to claimed messages, in seconds."""
+    def visibility_timeout(self) -> float | None:
+        """The lease to ask for when claiming, in seconds; None: the queue's."""
 
-    @property
-    def max_read_ct(self) -> int:
-        """Deliveries after which a failing message becomes a dead letter."""
+    async def policy(self) -> QueuePolicy:
+        """The queue's policy as stored now (dead-letter threshold, retry backoff)."""
 
-    async def claim(self, limit: int, lease: float, wait: float,
+    async def claim(self, limit: int, lease: float | None, wait: float,
                     stop: asyncio.Event | None = None,
                     poll: float | None = None) -> list[QueueMessage]:
-        """Claim up to ``limit`` messages; if none and ``wait`` > 0, wait for some."""
+        """Claim up to ``limit`` messages; if none and ``wait`` > 0, wait for some.
+
+        ``lease`` None gives each message the queue's visibility timeout.
+        """
 
     async def seconds_until_due(self) -> float | None:
         """Seconds until a delayed or leased message becomes claimable; None if none."""
@@ -145,8 +155,8 @@ class ConsumeLoop:
     """State of one ``Consumer.consume`` run."""
 
     def __init__(self, source: MessageSource, handler: Handler, *, batch_size: int,
-                 concurrency: int, poll_interval: float, backoff_base: float,
-                 backoff_max: float, grace_period: float, stop: asyncio.Event | None,
+                 concurrency: int, poll_interval: float, backoff_base: float | None,
+                 backoff_max: float | None, grace_period: float, stop: asyncio.Event | None,
                  stop_when_idle: bool, on_settled: SettledHook | None = None,
                  around_handler: HandlerWrapper | None = None) -> None:
         for name, value in (("handler", handler), ("on_settled", on_settled),
@@ -158,8 +168,12 @@ class ConsumeLoop:
         self.batch_size = _validation.positive_int("batch_size", batch_size)
         self.concurrency = _validation.positive_int("concurrency", concurrency)
         self.poll = _validation.seconds("poll_interval", poll_interval, allow_zero=False)
-        self.backoff_base = _validation.seconds("backoff_base", backoff_base)
-        self.backoff_max = _validation.seconds("backoff_max", backoff_max)
+        # Overrides of the queue's retry backoff; what is None follows the queue.
+        self.backoff: dict[str, Any] = {
+            field: _validation.seconds(name, value)
+            for field, name, value in (("retry_backoff_base", "backoff_base", backoff_base),
+                                       ("retry_backoff_max", "backoff_max", backoff_max))
+            if value is not None}
         self.grace = _validation.seconds("grace_period", grace_period)
         self.stop = stop if stop is not None else asyncio.Event()
         self.stop_when_idle = stop_when_idle
@@ -168,6 +182,9 @@ class ConsumeLoop:
         self.in_flight: dict[asyncio.Task[None], _Delivery] = {}
         self.acks = AckBatcher(source.archive, self._settle)
         self.succeeded = 0
+        self._policy: QueuePolicy | None = None
+        self._policy_read = 0.0
+        self._policy_lock = asyncio.Lock()
 
     async def run(self, *, handle_signals: bool | None) -> int:
         """Consume until stopped; return how many messages were archived as succeeded."""
@@ -275,8 +292,9 @@ class ConsumeLoop:
         loop = asyncio.get_running_loop()
         message = delivery.message
         keeper: list[asyncio.Task[None]] = []
-        timer = loop.call_later(self.source.visibility_timeout / 2, lambda: keeper.append(
-            loop.create_task(self._keep_leased(message.id))))
+        lease = self._lease_of(message)
+        timer = loop.call_later(lease / 2, lambda: keeper.append(
+            loop.create_task(self._keep_leased(message.id, lease))))
         try:
             error: Exception | None = None
             try:
@@ -312,8 +330,16 @@ class ConsumeLoop:
         finally:
             delivery.duration = loop.time() - started
 
-    async def _keep_leased(self, message_id: int) -> None:
-        lease = self.source.visibility_timeout
+    def _lease_of(self, message: QueueMessage) -> float:
+        """The lease this delivery got (the consumer's, or the queue's at the claim)."""
+        if message.vt is not None and message.dequeued_at is not None:
+            seconds = (message.vt - message.dequeued_at).total_seconds()
+            if seconds > 0:
+                return seconds
+        return self.source.visibility_timeout or QueuePolicy().visibility_timeout
+
+    async def _keep_leased(self, message_id: int, lease: float) -> None:
+        """Extend the lease by its own length every half lease, while the handler runs."""
         while True:
             try:
                 if not await self.source.extend(message_id, lease):
@@ -326,21 +352,39 @@ class ConsumeLoop:
         message = delivery.message
         outcome, delay = Outcome.ABANDONED, None
         try:
-            if message.read_ct >= self.source.max_read_ct:
+            policy = await self._current_policy()
+            if policy.is_dead(message.read_ct):
                 log.error("pgqrs message %s failed %s times, dead-lettered: %r",
                           message.id, message.read_ct, exc)
                 if (await self.source.archive([message.id], dead=True))[0]:
                     outcome = Outcome.DEAD_LETTERED
             else:
-                backoff = min(self.backoff_base * 2 ** (message.read_ct - 1), self.backoff_max)
+                backoff = dataclasses.replace(policy, **self.backoff).retry_delay(
+                    message.read_ct)
                 log.warning("pgqrs message %s failed (attempt %s), retry in %.1fs: %r",
                             message.id, message.read_ct, backoff, exc)
                 if await self.source.release([message.id], delay=backoff) == 1:
                     outcome, delay = Outcome.RETRIED, backoff
         except errors.PgqrsError as db_exc:
-            # The lease will run out and the message comes back anyway.
+            # The lease will run out and the message comes back anyway (and the claim
+            # itself never delivers it past the queue's threshold).
             log.warning("pgqrs could not release message %s: %s", message.id, db_exc)
         await self._settle([delivery], outcome, error=exc, delay=delay)
+
+    async def _current_policy(self) -> QueuePolicy:
+        """The queue's policy, read again on a failure once the last read is a poll old.
+
+        One primary-key lookup on the failure path, shared by the failures of one poll
+        interval: a failure storm does not double its statements, and ``update_queue``
+        still reaches the loop within a poll interval, without a restart.
+        """
+        loop = asyncio.get_running_loop()
+        async with self._policy_lock:  # concurrent failures wait for one read
+            if self._policy is None or loop.time() - self._policy_read >= self.poll:
+                started = loop.time()
+                self._policy = await self.source.policy()
+                self._policy_read = started
+            return self._policy
 
     # -- stopping ---------------------------------------------------------------------------
 

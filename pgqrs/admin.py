@@ -50,8 +50,8 @@ class Admin(AdminMaintenance):
 
     def __init__(self, dsn: str | AsyncEngine | Config, *, schema: str | None = None,
                  max_read_ct: int | None = None, **options: Any) -> None:
-        dsn, schema, max_read_ct, options, client_defaults = _compat.unpack_config(
-            dsn, schema, max_read_ct, options)
+        dsn, schema, max_read_ct, options = _compat.unpack_config(dsn, schema, max_read_ct,
+                                                                  options)
         if max_read_ct is not None:
             _validation.positive_int("max_read_ct", max_read_ct)
         self.settings = Settings.build(schema=schema, max_read_ct=max_read_ct, **options)
@@ -62,8 +62,7 @@ class Admin(AdminMaintenance):
         if isinstance(dsn, _db.Source):  # the sync facade's backend
             self._db = _db.open_backend(dsn, self.settings, pooled=False)
         else:  # registers clients created from this Admin before its next call (_compat)
-            self._db = _compat.AdminDatabase(dsn, self.settings, pooled=False,
-                                             client_defaults=client_defaults)
+            self._db = _compat.AdminDatabase(dsn, self.settings, pooled=False)
         repos = repositories.for_schema(self.settings.schema)
         self._queues, self._workers = repos.queues, repos.workers
         self._messages, self._archive = repos.messages, repos.archive

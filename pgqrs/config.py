@@ -4,21 +4,24 @@ Code written for the original binding builds a ``Config`` and hands it to ``Admi
 ``Producer(admin, ...)`` and ``Consumer(admin, ...)`` then share that Admin's engine and
 options. ``Config`` is only a way to spell pgqrs's own options; each field maps onto one:
 
-============================== =========================================================
+============================== =================================================================
 ``Config`` field               pgqrs option
-============================== =========================================================
+============================== =================================================================
 ``schema``                     ``Settings.schema``
 ``max_connections``            ``Settings.pool_size``
 ``connection_timeout_seconds`` ``Settings.connect_timeout``
 ``heartbeat_interval_seconds`` ``Settings.heartbeat_interval``
-``max_read_ct``                ``Admin(max_read_ct=...)``
-``default_lock_time_seconds``  ``visibility_timeout`` of consumers created from the Admin
+``max_read_ct``                ``Admin(max_read_ct=...)``: threshold of the queues it creates
+``default_lock_time_seconds``  ``Admin(visibility_timeout=...)``: lease of the queues it creates
 ``default_max_batch_size``     checked only: the original reads it nowhere either
-============================== =========================================================
+============================== =================================================================
 
 Fields are plain attributes; they are validated when an ``Admin`` is built from the
 ``Config`` (typed ``ConfigurationError`` naming the field), as the original applied them
-only then too. Defaults are pgqrs's, not the original's (see ``docs/guides/coming-from-pgqrs.md``).
+only then too. The two queue rules are defaults of the queues that Admin creates, since a
+queue owns its rules (SPEC §12): clients, including those created from the Admin, follow
+the policy stored on each queue. Defaults are pgqrs's, not the original's (see
+``docs/guides/coming-from-pgqrs.md``).
 """
 
 from __future__ import annotations
@@ -31,9 +34,6 @@ from pgqrs import errors
 from pgqrs.settings import Settings
 
 _SETTINGS_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Settings)}
-
-DEFAULT_LOCK_TIME_SECONDS = 30
-"""A consumer's lease when none is given (``Consumer(visibility_timeout=...)``)."""
 
 
 @dataclass(slots=True)
@@ -52,10 +52,11 @@ class Config:
         schema: schema of the pgqrs tables.
         max_connections: pool size of engines pgqrs creates (``Settings.pool_size``).
         connection_timeout_seconds: seconds to wait for a new connection.
-        default_lock_time_seconds: lease (visibility timeout) of consumers created from
-            the Admin, unless they pass ``visibility_timeout=``.
+        default_lock_time_seconds: lease (visibility timeout) of the queues the Admin
+            creates (``Admin(visibility_timeout=...)``); consumers follow their queue's.
         default_max_batch_size: accepted and checked, without effect (as in the original).
-        max_read_ct: deliveries after which a message is a dead letter (``Admin(max_read_ct=)``).
+        max_read_ct: dead-letter threshold of the queues the Admin creates
+            (``Admin(max_read_ct=...)``); consumers follow their queue's.
         heartbeat_interval_seconds: seconds between automatic worker heartbeats.
     """
 
@@ -63,7 +64,7 @@ class Config:
     schema: str = _SETTINGS_DEFAULTS["schema"]
     max_connections: int = _SETTINGS_DEFAULTS["pool_size"]
     connection_timeout_seconds: float = _SETTINGS_DEFAULTS["connect_timeout"]
-    default_lock_time_seconds: float = DEFAULT_LOCK_TIME_SECONDS
+    default_lock_time_seconds: float = _SETTINGS_DEFAULTS["visibility_timeout"]
     default_max_batch_size: int = 100
     max_read_ct: int = 5
     heartbeat_interval_seconds: float = _SETTINGS_DEFAULTS["heartbeat_interval"]
@@ -91,8 +92,8 @@ class Config:
                           if f.name != "dsn")
         return f"Config(dsn={errors.redact(self.dsn)!r}, {shown})"
 
-    def admin_options(self) -> tuple[dict[str, Any], int, dict[str, Any]]:
-        """Validate every field; return (``Settings`` options, max_read_ct, client defaults).
+    def admin_options(self) -> tuple[dict[str, Any], int]:
+        """Validate every field; return (``Settings`` options, max_read_ct).
 
         Raises:
             ConfigurationError: a field has a bad value (the message names the field).
@@ -102,10 +103,10 @@ class Config:
             "pool_size": self._count("max_connections"),
             "connect_timeout": self._seconds("connection_timeout_seconds"),
             "heartbeat_interval": self._seconds("heartbeat_interval_seconds"),
+            "visibility_timeout": self._seconds("default_lock_time_seconds"),
         }
         self._count("default_max_batch_size")
-        clients = {"visibility_timeout": self._seconds("default_lock_time_seconds")}
-        return settings, self._count("max_read_ct"), clients
+        return settings, self._count("max_read_ct")
 
     def _count(self, name: str) -> int:
         value = getattr(self, name)

@@ -1,4 +1,9 @@
-"""Consumer: claims messages under a lease and acknowledges them."""
+"""Consumer: claims messages under a lease and acknowledges them.
+
+Over 400 lines: the class is one public surface (claims, acknowledgements, the
+worker loop and the original binding's names), and ``consume()``'s docstring is the
+reference of the loop's behaviour; the loop itself lives in ``pgqrs._consume``.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pgqrs import _compat, _consume, _notify, _validation, errors
+from pgqrs import _consume, _notify, _validation, errors
 from pgqrs import maintenance as _maint
 from pgqrs._consume import Handler, HandlerWrapper, SettledHook
 from pgqrs._worker import WorkerClient
-from pgqrs.config import DEFAULT_LOCK_TIME_SECONDS
-from pgqrs.types import QueueMessage, WorkerStatus
+from pgqrs.types import QueueMessage, QueuePolicy, WorkerStatus
 
 if TYPE_CHECKING:
     from pgqrs.admin import Admin
@@ -34,9 +38,12 @@ class Consumer(WorkerClient):
 
     A claimed message is invisible to other consumers until its lease ends; then it can
     be claimed again (``read_ct`` counts deliveries). Only the current holder can archive,
-    delete, extend or release it. A message delivered ``max_read_ct`` times is a dead
-    letter: never delivered again until ``Admin.dlq()`` archives it and
-    ``Admin.replay_dlq()`` puts it back.
+    delete, extend or release it. The rules come from the queue (``Admin.create_queue``,
+    ``Admin.update_queue``), read by every claim: a message delivered the queue's
+    ``max_read_ct`` times is a dead letter, never delivered again until ``Admin.dlq()``
+    archives it and ``Admin.replay_dlq()`` puts it back; a claim without a lease of its
+    own gets the queue's ``visibility_timeout``; and nothing is claimed while the queue
+    is paused.
 
     Example:
         async with Consumer(dsn, "tasks", "worker-1", 4000) as consumer:
@@ -50,24 +57,35 @@ class Consumer(WorkerClient):
         queue: name of an existing queue.
         hostname: worker identity, with ``port``.
         port: worker identity, with ``hostname``.
-        visibility_timeout: default lease in seconds (default 30, or the Admin's
-            ``Config.default_lock_time_seconds``).
-        max_read_ct: deliveries after which a message is a dead letter.
+        visibility_timeout: lease in seconds of this consumer's claims, overriding the
+            queue's; None (default): the queue's ``visibility_timeout``, as it is at each
+            claim.
+        max_read_ct: the dead-letter threshold this code expects. The threshold is the
+            queue's, never a client's: if given, it is compared with the queue's at
+            registration and a different value is refused (``ConfigurationError``);
+            change the queue's with ``Admin.update_queue(name, max_read_ct=...)``.
+            None (default): no check.
         poll_interval: how often a waiting consumer polls when LISTEN/NOTIFY is not
             available (pgbouncer transaction mode); with it, waits end on notification.
         **options: ``Settings`` options (``schema``, ``heartbeat_interval``, ...).
+
+    Raises:
+        ValidationError: ``visibility_timeout``, ``max_read_ct`` or ``poll_interval`` is
+            out of range.
     """
 
     def __init__(self, dsn: str | AsyncEngine | Admin, queue: str, hostname: str, port: int, *,
-                 visibility_timeout: float | None = None, max_read_ct: int = 5,
+                 visibility_timeout: float | None = None, max_read_ct: int | None = None,
                  poll_interval: float = 1.0, **options: Any) -> None:
-        if visibility_timeout is None:
-            visibility_timeout = (_compat.client_default(dsn, "visibility_timeout")
-                                  or DEFAULT_LOCK_TIME_SECONDS)
         # Checked before the base registers with an Admin, so a rejected consumer never does.
-        self.visibility_timeout = _validation.seconds("visibility_timeout", visibility_timeout,
-                                                      allow_zero=False)
-        self.max_read_ct = _validation.positive_int("max_read_ct", max_read_ct)
+        self.visibility_timeout: float | None = (
+            None if visibility_timeout is None else
+            _validation.seconds("visibility_timeout", visibility_timeout, allow_zero=False))
+        """The lease this consumer asks for; None: the queue's."""
+        self.max_read_ct: int | None = (
+            None if max_read_ct is None else
+            _validation.positive_int("max_read_ct", max_read_ct))
+        """The threshold checked against the queue's at registration; None: no check."""
         self.poll_interval = _validation.seconds("poll_interval", poll_interval,
                                                  allow_zero=False)
         super().__init__(dsn, queue, hostname, port, **options)
@@ -78,14 +96,21 @@ class Consumer(WorkerClient):
                       wait: float | None = None) -> list[QueueMessage]:
         """Claim up to ``limit`` visible messages, oldest first; ``[]`` if none.
 
+        Nothing is claimed while the queue is paused (no error: an empty list, or a wait
+        that ends when the queue is resumed), and no message the queue counts as a dead
+        letter.
+
         Args:
             limit: most messages to claim.
-            visibility_timeout: lease in seconds (default: the consumer's).
+            visibility_timeout: lease in seconds (default: the consumer's, else the
+                queue's). ``message.vt - message.dequeued_at`` is the lease it got.
             wait: block up to this many seconds for a message to arrive (woken by
                 LISTEN/NOTIFY, or by polling where notifications are unavailable).
 
         Raises:
             StateError: the consumer is suspended or stopped.
+            ConfigurationError: ``max_read_ct`` was given and differs from the queue's
+                (at registration, the first call).
         """
         limit = _validation.positive_int("limit", limit)
         lease = (self.visibility_timeout if visibility_timeout is None else
@@ -94,7 +119,35 @@ class Consumer(WorkerClient):
         patience = _validation.seconds("wait", wait) if wait is not None else 0.0
         return await self._claim(limit, lease, patience)
 
-    async def _claim(self, limit: int, lease: float, wait: float,
+    async def _register_row(self) -> None:
+        """Check the expected threshold against the queue's, then register (see the base)."""
+        if self.max_read_ct is not None:
+            async with self._db.statement() as conn:
+                queue = await self._queues.get(conn, self.queue_name)
+            if queue.max_read_ct != self.max_read_ct:
+                raise errors.ConfigurationError(
+                    f"Consumer(max_read_ct={self.max_read_ct}) does not match queue "
+                    f"{self.queue_name!r}, whose dead-letter threshold is "
+                    f"{queue.max_read_ct}: the threshold belongs to the queue, not to a "
+                    f"client. Leave max_read_ct out to follow the queue, or change it for "
+                    f"every client with Admin.update_queue({self.queue_name!r}, "
+                    f"max_read_ct={self.max_read_ct})")
+        await super()._register_row()
+
+    async def policy(self) -> QueuePolicy:
+        """The queue's policy as stored now (one primary-key lookup).
+
+        Raises:
+            QueueNotFoundError: the queue was deleted.
+        """
+        _, queue_id = await self._ids("read the queue's policy", *_LIVE)
+        async with self._db.statement() as conn:
+            policy = await self._queues.policy(conn, queue_id)
+        if policy is None:
+            raise errors.QueueNotFoundError(self.queue_name)
+        return policy
+
+    async def _claim(self, limit: int, lease: float | None, wait: float,
                      stop: asyncio.Event | None = None,
                      poll: float | None = None) -> list[QueueMessage]:
         """Claim now; if nothing is there and ``wait`` > 0, wait for a wake-up and retry."""
@@ -263,8 +316,8 @@ class Consumer(WorkerClient):
         batch_size: int = 10,
         concurrency: int = 10,
         poll_interval: float | None = None,
-        backoff_base: float = 1.0,
-        backoff_max: float = 300.0,
+        backoff_base: float | None = None,
+        backoff_max: float | None = None,
         grace_period: float = 30.0,
         stop: asyncio.Event | None = None,
         stop_when_idle: bool = False,
@@ -276,9 +329,15 @@ class Consumer(WorkerClient):
         """Run ``handler`` on every message until stopped; return how many succeeded.
 
         Success archives the message (acks are batched). An exception releases it with
-        exponential backoff (``backoff_base * 2**(read_ct-1)``, capped at ``backoff_max``);
-        on the last allowed delivery it goes to the archive as a dead letter instead. A
-        handler running longer than half the lease gets its lease extended.
+        exponential backoff (``retry_backoff_base * 2**(read_ct-1)``, capped at
+        ``retry_backoff_max``); on the last delivery the queue allows (its ``max_read_ct``)
+        it goes to the archive as a dead letter instead. Both rules are the queue's,
+        read when a handler fails (at most once per ``poll_interval``), so
+        ``Admin.update_queue`` reaches a running loop without a restart. A handler
+        running longer than half its message's lease gets the lease extended.
+
+        While the queue is paused the loop claims nothing (no error; handlers already
+        running finish) and carries on as soon as it is resumed.
 
         Stopping (``stop`` set, SIGTERM/SIGINT, or cancelling the task running
         ``consume``) takes no new work, lets in-flight handlers finish within
@@ -302,12 +361,15 @@ class Consumer(WorkerClient):
             concurrency: most handlers running at once.
             poll_interval: seconds between polls while handlers run and, where
                 LISTEN/NOTIFY is unavailable, while idle (default: the consumer's).
-            backoff_base: first retry delay in seconds.
-            backoff_max: longest retry delay in seconds.
+            backoff_base: first retry delay in seconds, overriding the queue's
+                ``retry_backoff_base``; None (default): the queue's.
+            backoff_max: longest retry delay in seconds, overriding the queue's
+                ``retry_backoff_max``; None (default): the queue's.
             grace_period: seconds in-flight handlers get to finish when stopping.
             stop: an event that stops the loop when set.
             stop_when_idle: return once nothing is left that could still be delivered to
                 this consumer (no visible, delayed or leased messages; dead letters aside).
+                A paused queue's messages still count: the loop waits for the resume.
             handle_signals: stop gracefully on SIGTERM and SIGINT. ``None`` (default):
                 only in the main thread of a process whose handlers are still Python's
                 defaults, so a host's own handlers (uvicorn, gunicorn) are left alone;
@@ -356,14 +418,13 @@ class _LoopSource:
         self._consumer = consumer
 
     @property
-    def visibility_timeout(self) -> float:
+    def visibility_timeout(self) -> float | None:
         return self._consumer.visibility_timeout
 
-    @property
-    def max_read_ct(self) -> int:
-        return self._consumer.max_read_ct
+    async def policy(self) -> QueuePolicy:
+        return await self._consumer.policy()
 
-    async def claim(self, limit: int, lease: float, wait: float,
+    async def claim(self, limit: int, lease: float | None, wait: float,
                     stop: asyncio.Event | None = None,
                     poll: float | None = None) -> list[QueueMessage]:
         return await self._consumer._claim(limit, lease, wait, stop, poll)

@@ -5,7 +5,8 @@ stderr), 2 usage error, 130 interrupted.
 
 Layout: one module per command group (:mod:`~pgqrs.cli.system` for the top-level commands,
 :mod:`~pgqrs.cli.maintain`, :mod:`~pgqrs.cli.queues`, :mod:`~pgqrs.cli.messages`,
-:mod:`~pgqrs.cli.workers`, :mod:`~pgqrs.cli.archive`, :mod:`~pgqrs.cli.schedules`), each
+:mod:`~pgqrs.cli.workers`, :mod:`~pgqrs.cli.archive`, :mod:`~pgqrs.cli.schedules`,
+:mod:`~pgqrs.cli.metrics`; :mod:`~pgqrs.cli.dashboard`, a top-level command of its own), each
 registering one handler per leaf command on its :class:`~pgqrs.cli._command.Group`. To add
 a command, add a decorated handler to its group's module; to add a group, add a module and
 list its group in :data:`GROUPS`.
@@ -24,6 +25,7 @@ from pgqrs.cli import (
     _output,
     _parser,
     archive,
+    dashboard,
     maintain,
     messages,
     metrics,
@@ -32,12 +34,13 @@ from pgqrs.cli import (
     system,
     workers,
 )
-from pgqrs.cli._command import Context, Group
+from pgqrs.cli._command import Context, Group, UsageError
 
 __all__ = ["GROUPS", "build_parser", "main"]
 
 GROUPS: tuple[Group, ...] = (system.group, maintain.group, queues.group, messages.group,
-                             workers.group, archive.group, schedules.group, metrics.group)
+                             workers.group, archive.group, schedules.group, metrics.group,
+                             dashboard.group)
 """Every command group, in the order ``pgqrs --help`` lists them."""
 
 
@@ -55,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pgqrs: interrupted", file=sys.stderr)
         return 130
+    except UsageError as exc:
+        print(f"pgqrs {' '.join(_command_words(args))}: error: {exc}", file=sys.stderr)
+        return 2
     except BrokenPipeError:
         return _closed_pipe()
     except Exception as exc:
@@ -73,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BrokenPipeError:  # e.g. `pgqrs ... | head`
             return _closed_pipe()
     return 0
+
+
+def _command_words(args: argparse.Namespace) -> list[str]:
+    """The words naming the command that ran (``queue update``), for messages."""
+    return [w for w in (getattr(args, "command", None), getattr(args, "action", None)) if w]
 
 
 def _closed_pipe() -> int:

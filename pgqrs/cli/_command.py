@@ -45,16 +45,13 @@ class Context:
             )
         return self.optional_dsn
 
-    def admin(self, *, max_read_ct: int | None = None) -> Admin:
-        """An :class:`Admin` on the given database and ``--schema`` (use ``async with``).
+    def admin(self) -> Admin:
+        """An :class:`Admin` on the given database and ``--schema`` (use ``async with``)."""
+        return Admin(self.dsn, schema=self.args.schema)
 
-        Args:
-            max_read_ct: the dead-letter threshold, when the command takes one (else
-                ``Admin``'s default).
-        """
-        if max_read_ct is None:
-            return Admin(self.dsn, schema=self.args.schema)
-        return Admin(self.dsn, schema=self.args.schema, max_read_ct=max_read_ct)
+
+class UsageError(Exception):
+    """A command line that parses but asks for nothing sensible (exit status 2)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -19,12 +19,36 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
 """Values of the global options when they are given neither before nor after the command."""
 
 
+FOREVER = "forever"
+"""What :func:`retention` returns for ``forever`` (or ``none``): keep archived rows."""
+
+
 def duration(text: str) -> float:
     """Parse ``30``, ``30s``, ``5m``, ``2h`` or ``7d`` into seconds (argparse type)."""
     match = _DURATION.match(text)
     if not match:
         raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use e.g. 30s, 5m, 7d)")
     return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def retention(text: str) -> float | str:
+    """A duration, or ``forever``/``none`` (:data:`FOREVER`): how long archives are kept."""
+    if text.strip().lower() in {FOREVER, "none"}:
+        return FOREVER
+    return duration(text)
+
+
+def format_duration(seconds: float | None) -> str:
+    """Seconds as the CLI writes durations: ``500ms``, ``30s``, ``5m``, ``7d``; None: forever."""
+    if seconds is None:
+        return FOREVER
+    for unit in ("d", "h", "m", "s"):
+        size = _UNITS[unit]
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    if seconds < 1 and (seconds * 1000).is_integer():
+        return f"{int(seconds * 1000)}ms"
+    return f"{seconds:g}s"
 
 
 def _common() -> argparse.ArgumentParser:

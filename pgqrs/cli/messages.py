@@ -97,13 +97,14 @@ async def _enqueue_lines(producer: Producer, stream: TextIO, delay: float | None
     "dequeue", "claim messages (the lease is kept)",
     arg("queue"),
     arg("--limit", type=int, default=1),
-    arg("--vt", type=duration, default=None, help="lease length (default 30s)"),
+    arg("--vt", type=duration, default=None,
+        help="lease length (default: the queue's visibility timeout)"),
 )
 async def dequeue(ctx: Context) -> object:
     """``pgqrs message dequeue QUEUE [--limit N] [--vt DURATION]``."""
     hostname, port = _cli_identity()
     consumer = Consumer(ctx.dsn, ctx.args.queue, hostname, port, schema=ctx.args.schema,
-                        visibility_timeout=ctx.args.vt or 30)
+                        visibility_timeout=ctx.args.vt)
     try:
         return await consumer.dequeue(ctx.args.limit)
     finally:

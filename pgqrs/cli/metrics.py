@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -20,8 +21,9 @@ group = Group("metrics", "Prometheus metrics (needs pgqrs[prometheus])")
     arg("--port", type=int, default=9464, help="TCP port (default 9464; 0: any free port)"),
     arg("--host", default="127.0.0.1",
         help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)"),
-    arg("--max-read-ct", type=int, default=5,
-        help="deliveries after which a message counts as dead (default 5)"),
+    # Accepted, ignored and hidden since 0.2.0: "dead" follows each queue's own threshold,
+    # and an exporter's command line lives in service files that must not break on upgrade.
+    arg("--max-read-ct", type=int, default=None, help=argparse.SUPPRESS),
     arg("--archive-exact-limit", type=int, default=100_000,
         help="archived rows per queue counted exactly; above, the planner's estimate"),
 )
@@ -33,8 +35,10 @@ async def serve(ctx: Context) -> object:
     except ImportError as exc:
         raise errors.ConfigurationError(str(exc)) from None
     args = ctx.args
+    if args.max_read_ct is not None:
+        print("pgqrs: warning: --max-read-ct is deprecated and ignored: dead letters are "
+              "counted by each queue's own max_read_ct", file=sys.stderr, flush=True)
     exporter = prometheus.serve(ctx.dsn, port=args.port, host=args.host, schema=args.schema,
-                                max_read_ct=args.max_read_ct,
                                 archive_exact_limit=args.archive_exact_limit)
     try:
         # One read up front, so a wrong DSN or a missing schema shows at once; the exporter

@@ -24,6 +24,6 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installa
     ) from exc
 
 from pgqrs.dashboard._app import app
-from pgqrs.dashboard._server import main, serve
+from pgqrs.dashboard._server import build_parser, main, run, serve
 
-__all__ = ["app", "main", "serve"]
+__all__ = ["app", "build_parser", "main", "run", "serve"]

@@ -4,4 +4,5 @@ from __future__ import annotations
 
 from pgqrs.dashboard._server import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # importing the module (tools walking the package) runs nothing
+    raise SystemExit(main())

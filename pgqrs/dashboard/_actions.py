@@ -5,9 +5,10 @@ built with ``actions=True`` and the request says ``confirm=yes``: a form submitt
 without it (no JavaScript, or a crafted request) gets a confirmation page instead, and
 with JavaScript the browser's ``confirm()`` dialog sets it.
 
-``pause_queue``, ``resume_queue`` and ``purge_archive`` call the queue-policy methods of
-``Admin`` (SPEC §12, §14). They are shown and routed only while ``POLICY_ACTIONS`` is
-True; turn it on once ``Admin`` has those methods.
+``pause_queue`` and ``resume_queue`` call the queue-policy methods of ``Admin`` (SPEC §12),
+shown and routed while ``POLICY_ACTIONS`` is True. ``purge_archive`` calls
+``Admin.purge_archive`` (SPEC §14, retention), which arrives with the maintenance work: it
+is shown and routed only once ``Admin`` has that method (``PURGE_ARCHIVE``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Literal, Protocol, cast
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
@@ -29,8 +30,10 @@ from pgqrs.dashboard._queries import DashboardRepository
 from pgqrs.dashboard._render import Renderer
 from pgqrs.types import WorkerStatus
 
-POLICY_ACTIONS = False
-"""Whether ``Admin`` has ``pause_queue``/``resume_queue``/``purge_archive`` (queue policy)."""
+POLICY_ACTIONS = True
+"""Whether the queue-policy actions (pause and resume a queue) are offered."""
+PURGE_ARCHIVE = hasattr(Admin, "purge_archive")
+"""Whether "purge archive (retention)" is offered: once ``Admin.purge_archive`` exists."""
 
 REPLAY_BATCH = 1000
 """Dead letters replayed per transaction by "replay all"."""
@@ -38,12 +41,8 @@ REPLAY_SECONDS = 10.0
 """"Replay all" stops starting new batches after this long, so a request stays short."""
 
 
-class _PolicyAdmin(Protocol):
-    """The queue-policy part of ``Admin`` (SPEC §12, §14) the dashboard uses."""
-
-    async def pause_queue(self, name: str) -> object: ...
-
-    async def resume_queue(self, name: str) -> object: ...
+class _PurgeAdmin(Protocol):
+    """``Admin.purge_archive`` (SPEC §14), called only where ``PURGE_ARCHIVE`` is True."""
 
     async def purge_archive(self, queue: str | None = None,
                             older_than: float | None = None) -> int: ...
@@ -105,17 +104,17 @@ class Operations:
 
     async def pause_queue(self, name: str) -> str:
         """Stop consumers claiming from a queue (enqueues still accepted)."""
-        await cast(_PolicyAdmin, self._admin).pause_queue(name)
+        await self._admin.pause_queue(name)
         return f"Queue {name!r} paused"
 
     async def resume_queue(self, name: str) -> str:
         """Let consumers claim from a paused queue again."""
-        await cast(_PolicyAdmin, self._admin).resume_queue(name)
+        await self._admin.resume_queue(name)
         return f"Queue {name!r} resumed"
 
     async def purge_archive(self, name: str) -> str:
         """Delete a queue's archive rows older than its retention."""
-        purged = await cast(_PolicyAdmin, self._admin).purge_archive(queue=name)
+        purged = await cast(_PurgeAdmin, self._admin).purge_archive(queue=name)
         return f"{purged:,} archived messages of {name!r} purged (per its retention)"
 
 
@@ -159,7 +158,13 @@ class Action:
     describe: Callable[[Form], str]
     run: Callable[[Operations, Form], Awaitable[str]]
     back: str
-    policy: bool = False
+    requires: Literal["policy", "purge"] | None = None
+    """Offered only while ``POLICY_ACTIONS`` (policy) or ``PURGE_ARCHIVE`` (purge) holds."""
+
+    @property
+    def available(self) -> bool:
+        """Whether this version of pgqrs offers the action."""
+        return {None: True, "policy": POLICY_ACTIONS, "purge": PURGE_ARCHIVE}[self.requires]
 
 
 ACTIONS: tuple[Action, ...] = (
@@ -179,12 +184,12 @@ ACTIONS: tuple[Action, ...] = (
     Action("delete_worker", lambda f: f"Delete stopped worker #{_int(f, 'id')}?",
            lambda ops, f: ops.delete_worker(_int(f, "id")), "workers"),
     Action("pause_queue", lambda f: f"Pause queue {_name(f)!r}? Consumers stop claiming.",
-           lambda ops, f: ops.pause_queue(_name(f)), "overview", policy=True),
+           lambda ops, f: ops.pause_queue(_name(f)), "overview", requires="policy"),
     Action("resume_queue", lambda f: f"Resume queue {_name(f)!r}?",
-           lambda ops, f: ops.resume_queue(_name(f)), "overview", policy=True),
+           lambda ops, f: ops.resume_queue(_name(f)), "overview", requires="policy"),
     Action("purge_archive",
            lambda f: f"Purge the archive of queue {_name(f)!r} per its retention?",
-           lambda ops, f: ops.purge_archive(_name(f)), "overview", policy=True),
+           lambda ops, f: ops.purge_archive(_name(f)), "overview", requires="purge"),
 )
 
 
@@ -216,9 +221,9 @@ class ActionHandler:
             return self._refuse(request, 403, "Read-only dashboard",
                                 "This dashboard was started read-only; start it with "
                                 "--allow-actions (or app(..., actions=True)) to change things.")
-        if action.policy and not POLICY_ACTIONS:
+        if not action.available:
             return self._refuse(request, 404, "Not available",
-                                "This version of pgqrs has no queue policy actions.")
+                                "This version of pgqrs does not offer this action.")
         form = await _security.read_form(request)
         if form is None:
             return self._refuse(request, 400, "Bad request",

@@ -115,7 +115,8 @@ class Dashboard:
         self.repo = DashboardRepository(self.settings.schema)
         self.per_page = per_page
         self.site = Site(routes=ROUTES, actions=actions, refresh=refresh,
-                         database=database_label(target), policy_actions=_actions.POLICY_ACTIONS)
+                         database=database_label(target), policy_actions=_actions.POLICY_ACTIONS,
+                         purge_archive=_actions.PURGE_ARCHIVE)
         self.csrf = _security.Csrf(secret)
         self.flash = _security.Flash(secret)
         self.renderer = Renderer(self.site, self.csrf, self.flash)
@@ -233,9 +234,8 @@ class Dashboard:
         })
 
     def dead_threshold(self, info: QueueInfo) -> int:
-        """Deliveries after which a message of this queue is a dead letter."""
-        # Admin's rule today; with queue policy (SPEC §12) it becomes the queue's own.
-        return self.admin.max_read_ct
+        """Deliveries after which a message of this queue is a dead letter: its own."""
+        return info.max_read_ct
 
     async def message(self, request: Request) -> Response:
         """One live message: where it stands, and its payload."""

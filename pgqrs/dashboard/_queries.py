@@ -38,7 +38,7 @@ from sqlalchemy import (
 )
 
 from pgqrs.models import archive_table, messages_table, queues_table, workers_table
-from pgqrs.repositories._base import Executor, Repository, Statement
+from pgqrs.repositories._base import Executor, Repository
 from pgqrs.repositories.messages import notifying
 
 _m = messages_table
@@ -183,8 +183,8 @@ def _replay_statement(ids: Select[Any]) -> Any:
     )
 
 
-_REPLAY_QUEUE = Statement(_replay_statement(_replay_ids))
-_REPLAY_ANY = Statement(_replay_statement(_replay_any_ids))
+_REPLAY_QUEUE = _replay_statement(_replay_ids)
+_REPLAY_ANY = _replay_statement(_replay_any_ids)
 
 
 class DashboardRepository(Repository):
@@ -303,10 +303,12 @@ class DashboardRepository(Repository):
     async def replay_dead_letters(self, executor: Executor, *, queue_id: int | None,
                                   batch: int) -> int:
         """Replay up to ``batch`` dead letters (oldest first) as fresh messages; how many."""
+        # An operator's bulk action, not a hot path: the ordinary execution (``_rows`` is for
+        # module-level ``Statement`` objects only).
         if queue_id is None:
-            rows = await self._rows(executor, _REPLAY_ANY, {
+            result = await self._execute(executor, _REPLAY_ANY, {
                 "p_batch": batch, "p_channel": self.channel})
         else:
-            rows = await self._rows(executor, _REPLAY_QUEUE, {
+            result = await self._execute(executor, _REPLAY_QUEUE, {
                 "p_batch": batch, "p_queue_id": queue_id, "p_channel": self.channel})
-        return len(rows)
+        return len(result.all())

@@ -128,6 +128,9 @@ class Site:
     refresh: int
     database: str
     policy_actions: bool
+    """Pause and resume buttons (with ``actions``)."""
+    purge_archive: bool = False
+    """The "purge archive (retention)" button (with ``actions``)."""
 
 
 _SECTIONS = {"overview.html": "queues", "queue.html": "queues", "message.html": "queues",

@@ -1,18 +1,23 @@
-"""The standalone dashboard server: ``serve()`` and ``pgqrs dashboard`` (``main``).
+"""The standalone dashboard server: ``serve()``, and ``pgqrs dashboard`` (``run``, ``main``).
 
-uvicorn is imported only here, when a server is started: an application that mounts the
-dashboard runs it on its own ASGI server.
+``pgqrs dashboard`` (the CLI, :mod:`pgqrs.cli.dashboard`) parses its options with
+:func:`build_parser` and awaits :func:`run`; ``python -m pgqrs.dashboard`` does the same
+through :func:`main`. uvicorn is imported only here, when a server is started: an
+application that mounts the dashboard runs it on its own ASGI server.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -57,7 +62,9 @@ def serve(
     root_path: str = "",
     secret: str | bytes | None = None,
 ) -> None:
-    """Serve the dashboard with uvicorn until interrupted (blocks).
+    """Serve the dashboard with uvicorn until SIGINT (Ctrl-C) or SIGTERM (blocks).
+
+    Either signal shuts the server down gracefully, then ``serve`` returns.
 
     Args:
         dsn_or_engine: a PostgreSQL URL or an ``AsyncEngine``.
@@ -74,6 +81,16 @@ def serve(
     Raises:
         ConfigurationError: a bad option.
     """
+    asyncio.run(_serve(dsn_or_engine, host=host, port=port, allow_actions=allow_actions,
+                       token=token, basic_auth=basic_auth, schema=schema, refresh=refresh,
+                       root_path=root_path, secret=secret))
+
+
+async def _serve(dsn_or_engine: str | AsyncEngine, *, host: str, port: int,
+                 allow_actions: bool, token: str | None, basic_auth: tuple[str, str] | None,
+                 schema: str | None, refresh: int, root_path: str,
+                 secret: str | bytes | None) -> None:
+    """``serve`` on the running event loop."""
     if not isinstance(host, str) or not host:
         raise errors.ConfigurationError("host must be a non-empty string")
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
@@ -86,9 +103,29 @@ def serve(
         logger.warning("pgqrs dashboard: %s", warning)
     import uvicorn
 
+    class Server(uvicorn.Server):
+        """uvicorn's server, without re-raising the stopping signal after shutting down.
+
+        Stopping is the server's normal end (``pgqrs dashboard`` exits 0), not an
+        interruption to pass on.
+        """
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {sig: signal.signal(sig, self.handle_exit)
+                        for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
     config = uvicorn.Config(application, host=host, port=port, root_path=root_path,
                             lifespan="on", server_header=False, log_level="info")
-    uvicorn.Server(config).run()
+    await Server(config).serve()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,39 +166,51 @@ async def _check(dsn: str, schema: str | None) -> None:
         await admin.verify()
 
 
+async def run(options: argparse.Namespace) -> None:
+    """What ``pgqrs dashboard`` does with its parsed ``options``, on the running loop.
+
+    Check the database, say where the dashboard listens, then serve until SIGINT or
+    SIGTERM. ``options`` are those of :func:`build_parser`; the ``pgqrs`` command line
+    fills in its global ``--dsn`` and ``--schema``.
+
+    Raises:
+        ConfigurationError: no database given, or a bad option.
+        PgqrsError: the database cannot be reached or has no pgqrs schema.
+    """
+    dsn = options.dsn or os.environ.get("PGQRS_DSN") or os.environ.get("DATABASE_URL")
+    if not dsn:
+        raise errors.ConfigurationError(
+            "No database given: pass --dsn or set PGQRS_DSN (or DATABASE_URL)")
+    token = options.token or os.environ.get(TOKEN_ENV) or None
+    basic = _basic_auth(options.basic_auth or os.environ.get(BASIC_AUTH_ENV) or None)
+    await _check(dsn, options.schema)
+    warning = exposure_warning(options.host, guarded=bool(token or basic),
+                               actions=options.allow_actions)
+    if warning is not None:
+        # Printed, not logged: pgqrs's logger stays silent unless the app configures it.
+        print(f"pgqrs dashboard: warning: {warning}", file=sys.stderr)
+    mode = "actions allowed" if options.allow_actions else "read-only"
+    guard = " ".join(n for n, on in (("token", token), ("basic auth", basic)) if on)
+    print(f"pgqrs dashboard: http://{options.host}:{options.port}{options.root_path}/ ({mode}"
+          f"{', ' + guard if guard else ''}) on {database_label(dsn)}", file=sys.stderr)
+    await _serve(dsn, host=options.host, port=options.port,
+                 allow_actions=options.allow_actions, token=token, basic_auth=basic,
+                 schema=options.schema, refresh=options.refresh, root_path=options.root_path,
+                 secret=os.environ.get(SECRET_ENV) or None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``pgqrs dashboard``: check the database, then serve until interrupted.
+    """``python -m pgqrs.dashboard``: check the database, then serve until stopped.
 
     Returns:
-        The exit code: 0 after a clean shutdown (Ctrl-C included), 1 on an error (one line
-        on stderr), 2 on a usage error.
+        The exit code: 0 after a clean shutdown (Ctrl-C or SIGTERM), 1 on an error (one
+        line on stderr), 2 on a usage error, 130 when interrupted before serving.
     """
-    args = build_parser().parse_args(argv)
-    dsn = args.dsn or os.environ.get("PGQRS_DSN") or os.environ.get("DATABASE_URL")
-    serving = False
+    options = build_parser().parse_args(argv)
     try:
-        if not dsn:
-            raise errors.ConfigurationError(
-                "No database given: pass --dsn or set PGQRS_DSN (or DATABASE_URL)")
-        token = args.token or os.environ.get(TOKEN_ENV) or None
-        basic = _basic_auth(args.basic_auth or os.environ.get(BASIC_AUTH_ENV) or None)
-        asyncio.run(_check(dsn, args.schema))
-        warning = exposure_warning(args.host, guarded=bool(token or basic),
-                                   actions=args.allow_actions)
-        if warning is not None:
-            # Printed, not logged: pgqrs's logger stays silent unless the app configures it.
-            print(f"pgqrs dashboard: warning: {warning}", file=sys.stderr)
-        mode = "actions allowed" if args.allow_actions else "read-only"
-        guard = " ".join(n for n, on in (("token", token), ("basic auth", basic)) if on)
-        print(f"pgqrs dashboard: http://{args.host}:{args.port}{args.root_path}/ ({mode}"
-              f"{', ' + guard if guard else ''}) on {database_label(dsn)}", file=sys.stderr)
-        serving = True
-        serve(dsn, host=args.host, port=args.port, allow_actions=args.allow_actions,
-              token=token, basic_auth=basic, schema=args.schema, refresh=args.refresh,
-              root_path=args.root_path, secret=os.environ.get(SECRET_ENV) or None)
+        asyncio.run(run(options))
     except KeyboardInterrupt:
-        # Ctrl-C is how a server is stopped: once it has shut down cleanly, that's success.
-        return 0 if serving else 130
+        return 130
     except errors.PgqrsError as exc:
         print(f"pgqrs dashboard: error: {errors.redact(str(exc))}", file=sys.stderr)
         return 1

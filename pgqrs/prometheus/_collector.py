@@ -27,6 +27,7 @@ import contextvars
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -50,8 +51,9 @@ class QueueCollector:
     """A prometheus_client collector of pgqrs's queue state, read at scrape time.
 
     Every scrape runs one statement (see ``pgqrs.prometheus._query``) and exports, per
-    queue: ``pgqrs_messages_pending``, ``_leased``, ``_delayed``, ``_dead`` and
-    ``_archived``, ``pgqrs_queue_oldest_pending_age_seconds``; per queue and status:
+    queue: ``pgqrs_messages_pending``, ``_leased``, ``_delayed``, ``_dead`` (by the queue's
+    own ``max_read_ct``) and ``_archived``, ``pgqrs_queue_oldest_pending_age_seconds``,
+    ``pgqrs_queue_paused``; per queue and status:
     ``pgqrs_workers``, plus ``pgqrs_workers_stale``; and ``pgqrs_schema_info{revision}``,
     ``pgqrs_up`` and ``pgqrs_scrape_duration_seconds``.
 
@@ -65,8 +67,6 @@ class QueueCollector:
             none) or the application's ``AsyncEngine`` (then scrape through ``asgi_app``,
             on the engine's event loop).
         schema: schema of the pgqrs tables (default ``public`` or ``PGQRS_SCHEMA``).
-        max_read_ct: deliveries after which a message counts as dead (match your
-            consumers' ``max_read_ct``).
         archive_exact_limit: archived rows per queue counted exactly; a larger queue's
             archive is estimated from the planner's statistics (the count would cost a scan
             of all its rows on every scrape).
@@ -77,11 +77,14 @@ class QueueCollector:
     """
 
     def __init__(self, dsn: str | AsyncEngine, *, schema: str | None = None,
-                 max_read_ct: int = 5,
                  archive_exact_limit: int = _query.DEFAULT_EXACT_LIMIT,
                  **options: Any) -> None:
+        if options.pop("max_read_ct", None) is not None:
+            # Before 0.2.0 the collector judged "dead" by its own threshold; a queue owns it now.
+            warnings.warn("QueueCollector(max_read_ct=...) is ignored: dead letters are "
+                          "counted by each queue's own max_read_ct", DeprecationWarning,
+                          stacklevel=2)
         self.settings = Settings.build(schema=schema, **options)
-        self.max_read_ct = _validation.positive_int("max_read_ct", max_read_ct)
         self.archive_exact_limit = _validation.positive_int("archive_exact_limit",
                                                             archive_exact_limit)
         self._db = Database(dsn, self.settings, pooled=False)
@@ -101,8 +104,7 @@ class QueueCollector:
         async with self._db.transaction() as conn:
             assert isinstance(conn, AsyncConnection)
             return await _query.read(
-                conn, self.settings.schema, max_read_ct=self.max_read_ct,
-                stale_after=self.settings.stale_threshold,
+                conn, self.settings.schema, stale_after=self.settings.stale_threshold,
                 exact_limit=self.archive_exact_limit)
 
     async def scrape(self) -> Scrape:
@@ -214,15 +216,16 @@ _PER_QUEUE: tuple[tuple[str, str, Callable[[QueueState], float]], ...] = (
      "Messages not visible yet and held by nobody (delayed enqueue, retry backoff).",
      lambda q: q.delayed),
     ("pgqrs_messages_dead",
-     "Dead letters still in the live queue (max_read_ct deliveries, lease over), "
-     "waiting for Admin.dlq().", lambda q: q.dead),
+     "Dead letters still in the live queue (the queue's max_read_ct deliveries, lease "
+     "over), waiting for Admin.dlq().", lambda q: q.dead),
     ("pgqrs_messages_archived",
      "Rows in the queue's archive (successes and dead letters): exact up to "
      "archive_exact_limit, the planner's estimate above.", lambda q: q.archived),
     ("pgqrs_queue_oldest_pending_age_seconds",
      "Seconds the oldest claimable message has been claimable (0 when none is).",
      lambda q: q.oldest_pending_age),
-    # TODO(lead, once the policy branch is merged): select q.paused (and compare read_ct with q.max_read_ct instead of :max_read_ct) in _query._SQL, and add ("pgqrs_queue_paused", "1 while the queue is paused (no consumer claims).", lambda q: float(q.paused)) here.  # noqa: E501
+    ("pgqrs_queue_paused", "1 while the queue is paused (no consumer claims), else 0.",
+     lambda q: float(q.paused)),
     ("pgqrs_workers_stale",
      "Ready or suspended workers whose heartbeat is older than the stale threshold.",
      lambda q: q.stale_workers),

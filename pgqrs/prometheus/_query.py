@@ -32,17 +32,19 @@ WORKER_STATUSES = ("ready", "suspended", "stopped")
 
 # The schema is a validated identifier (Settings), quoted again here; everything else is a
 # bound parameter. ``now()`` is the transaction's time: every age below uses the one clock.
+# "Dead" is judged by each queue's own max_read_ct (joined from its row), as everywhere else.
 _SQL = """
 WITH live AS (
     SELECT m.queue_id,
-           count(*) FILTER (WHERE m.vt <= now() AND m.read_ct < :max_read_ct) AS pending,
+           count(*) FILTER (WHERE m.vt <= now() AND m.read_ct < q.max_read_ct) AS pending,
            count(*) FILTER (WHERE m.vt > now() AND m.consumer_worker_id IS NOT NULL)
                AS leased,
            count(*) FILTER (WHERE m.vt > now() AND m.consumer_worker_id IS NULL) AS delayed,
-           count(*) FILTER (WHERE m.vt <= now() AND m.read_ct >= :max_read_ct) AS dead,
-           min(m.vt) FILTER (WHERE m.vt <= now() AND m.read_ct < :max_read_ct)
+           count(*) FILTER (WHERE m.vt <= now() AND m.read_ct >= q.max_read_ct) AS dead,
+           min(m.vt) FILTER (WHERE m.vt <= now() AND m.read_ct < q.max_read_ct)
                AS oldest_pending
     FROM {s}.pgqrs_messages m
+    JOIN {s}.pgqrs_queues q ON q.id = m.queue_id
     GROUP BY m.queue_id
 ), workers AS (
     SELECT w.queue_id,
@@ -72,7 +74,7 @@ WITH live AS (
     WHERE st.schemaname = :schema AND st.tablename = 'pgqrs_archive'
       AND st.attname = 'queue_id' AND NOT st.inherited
 )
-SELECT v.revision, now() AS now, q.queue_name,
+SELECT v.revision, now() AS now, q.queue_name, q.paused,
        coalesce(l.pending, 0) AS pending, coalesce(l.leased, 0) AS leased,
        coalesce(l.delayed, 0) AS delayed, coalesce(l.dead, 0) AS dead,
        extract(epoch FROM now() - l.oldest_pending)::float8 AS oldest_pending_age,
@@ -116,7 +118,7 @@ class QueueState:
     delayed: int
     """Not yet visible and held by nobody (delayed enqueue, retry backoff)."""
     dead: int
-    """Delivered ``max_read_ct`` times, lease over: waiting for ``Admin.dlq()``."""
+    """Delivered the queue's ``max_read_ct`` times, lease over: waiting for ``Admin.dlq()``."""
     archived: int
     """Rows in the archive (successes and dead letters); see ``archived_estimated``."""
     archived_estimated: bool
@@ -127,6 +129,8 @@ class QueueState:
     """Registered workers (producers and consumers) by status."""
     stale_workers: int
     """Ready or suspended workers whose heartbeat is older than the stale threshold."""
+    paused: bool = False
+    """True while the queue is paused (no consumer claims from it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,13 +146,13 @@ def statement(schema: str, quote: Any) -> Any:
     return text(_SQL.format(s=quote(schema)))
 
 
-async def read(conn: AsyncConnection, schema: str, *, max_read_ct: int, stale_after: float,
+async def read(conn: AsyncConnection, schema: str, *, stale_after: float,
                exact_limit: int) -> Snapshot:
     """Run the statement on ``conn`` and shape its rows (one round trip)."""
     quote = conn.dialect.identifier_preparer.quote
     stmt = statement(schema, quote)
     rows = (await conn.execute(stmt, {
-        "max_read_ct": max_read_ct, "stale_after": float(stale_after),
+        "stale_after": float(stale_after),
         "exact_limit": exact_limit, "schema": schema,
         "archive_table": f"{quote(schema)}.pgqrs_archive",
     })).mappings().all()
@@ -160,6 +164,7 @@ async def read(conn: AsyncConnection, schema: str, *, max_read_ct: int, stale_af
             archived_estimated=bool(r["archived_estimated"]),
             oldest_pending_age=max(r["oldest_pending_age"] or 0.0, 0.0),
             workers={s: r[s] for s in WORKER_STATUSES}, stale_workers=r["stale"],
+            paused=bool(r["paused"]),
         )
         for r in rows if r["queue_name"] is not None
     ]

@@ -39,8 +39,8 @@ def asgi_app(dsn: str | AsyncEngine, *, registry: CollectorRegistry | None = REG
             consume loop's metrics come along). ``None``: a registry of its own, holding
             the queue state alone. Call ``asgi_app`` once per registry.
         schema: schema of the pgqrs tables.
-        **options: ``QueueCollector`` options (``max_read_ct``, ``archive_exact_limit``,
-            ``Settings`` options).
+        **options: ``QueueCollector`` options (``archive_exact_limit``, ``Settings``
+            options).
 
     Raises:
         ConfigurationError: a bad option, DSN or schema name.

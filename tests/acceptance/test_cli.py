@@ -145,7 +145,7 @@ async def test_every_command_in_both_formats(dsn: str) -> None:
         await admin.create_queue("q")
         async with Producer(dsn, "q", "prod", 1) as producer:
             ids = await producer.enqueue_batch([{"i": i} for i in range(4)])
-        consumer = Consumer(dsn, "q", "cons", 2, max_read_ct=1)
+        consumer = Consumer(dsn, "q", "cons", 2)
         held = await consumer.dequeue(2, visibility_timeout=0.01)
         worker_id = consumer.worker_id
         assert worker_id is not None
@@ -165,7 +165,7 @@ async def test_every_command_in_both_formats(dsn: str) -> None:
         assert {m["id"] for m in messages} == {m.id for m in held}  
 
         await asyncio.sleep(0.05)  # the short leases run out: two dead letters
-        result = run("queue", "archive-dlq", "q", "--max-read-ct", "1")
+        result = run("queue", "archive-dlq", "q")  # the queue's threshold: 1
         assert result == {"archived_dead_letters": sorted(m.id for m in held)}
         dead = ok("archive", "list", "--dead")
         assert len(dead) == 2  
@@ -222,10 +222,10 @@ def test_every_leaf_command_has_its_own_handler_and_help(
     registered = {((g.name,) if g.name else ()) + (c.name,): c.handler
                   for g in GROUPS for c in g.commands}
     assert set(leaves) == set(registered)
-    spec = {(c,) for c in ("install", "verify", "demo", "stats", "reclaim")} | {
+    spec = {(c,) for c in ("install", "verify", "demo", "stats", "reclaim", "dashboard")} | {
         (group, action)
         for group, actions in (
-            ("queue", "create list get delete purge metrics archive-dlq"),
+            ("queue", "create update pause resume list get delete purge metrics archive-dlq"),
             ("message", "enqueue dequeue archive delete get count"),
             ("worker", "list get stats health suspend resume stop messages release delete purge"),
             ("archive", "list count delete replay"))
@@ -282,3 +282,94 @@ def test_install_sql_builds_no_client(empty_dsn: str) -> None:
     # What it prints is what `install` would do: applied by hand, `verify` accepts it.
     asyncio.run(apply())
     assert pgqrs("verify", dsn=empty_dsn).returncode == 0
+
+
+# -- the queue's rules ----------------------------------------------------------------------
+
+
+def test_queue_policy_commands_in_both_formats(dsn: str) -> None:
+    created = as_json("queue", "create", "mail", "--max-read-ct", "3",
+                      "--visibility-timeout", "2m", "--retry-backoff-base", "500ms",
+                      "--retry-backoff-max", "1h", "--retention", "7d", dsn=dsn)
+    assert created == {**created, "queue_name": "mail", "max_read_ct": 3,  # type: ignore[dict-item]
+                       "visibility_timeout": 120.0, "retry_backoff_base": 0.5,
+                       "retry_backoff_max": 3600.0, "retention": 604800.0, "paused": False}
+    plain = as_json("queue", "create", "plain", dsn=dsn)  # the defaults: as before 0.2
+    assert {k: plain[k] for k in ("max_read_ct", "visibility_timeout", "retention")} == {  # type: ignore[index]
+        "max_read_ct": 5, "visibility_timeout": 30.0, "retention": None}
+    table = pgqrs("queue", "get", "mail", dsn=dsn)
+    assert table.returncode == 0, table.stderr
+    shown = dict(line.split(None, 1) for line in table.stdout.splitlines())
+    assert {k: shown[k] for k in ("max_read_ct", "visibility_timeout", "retry_backoff_base",
+                                  "retry_backoff_max", "retention", "paused")} == {
+        "max_read_ct": "3", "visibility_timeout": "2m", "retry_backoff_base": "500ms",
+        "retry_backoff_max": "1h", "retention": "7d", "paused": "False"}
+
+    # update changes only what is given; "forever" clears the retention.
+    updated = as_json("queue", "update", "mail", "--max-read-ct", "4", "--retention",
+                      "forever", dsn=dsn)
+    assert (updated["max_read_ct"], updated["retention"], updated["visibility_timeout"]) == (  # type: ignore[index]
+        4, None, 120.0)
+    assert "forever" in pgqrs("queue", "get", "mail", dsn=dsn).stdout
+    nothing = pgqrs("queue", "update", "mail", dsn=dsn)
+    assert nothing.returncode == 2 and "nothing to change" in nothing.stderr
+    assert "--max-read-ct" in nothing.stderr
+
+    # pause and resume; the list shows the flag.
+    assert as_json("queue", "pause", "mail", dsn=dsn)["paused"] is True  # type: ignore[index]
+    assert as_json("queue", "pause", "mail", dsn=dsn)["paused"] is True  # type: ignore[index]
+    listed = {q["queue_name"]: q["paused"] for q in as_json("queue", "list", dsn=dsn)}  # type: ignore[attr-defined]
+    assert listed == {"mail": True, "plain": False}
+    assert re.search(r"mail\s.*True", pgqrs("queue", "list", dsn=dsn).stdout)
+    assert as_json("queue", "resume", "mail", dsn=dsn)["paused"] is False  # type: ignore[index]
+
+    # Bad values: typed errors from the library (exit 1), bad syntax from argparse (exit 2).
+    for args, fragment in ((("create", "x", "--max-read-ct", "0"), "max_read_ct"),
+                           (("create", "x", "--visibility-timeout", "0s"), "visibility_timeout"),
+                           (("update", "mail", "--retry-backoff-max", "100ms"),
+                            "retry_backoff_max"),
+                           (("update", "nope", "--max-read-ct", "2"), "does not exist"),
+                           (("pause", "nope"), "does not exist")):
+        result = pgqrs("queue", *args, dsn=dsn)
+        assert result.returncode == 1 and fragment in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1
+    for args in (("create", "x", "--visibility-timeout", "soon"),
+                 ("create", "x", "--max-read-ct", "two"),
+                 ("update", "mail", "--retention", "always")):
+        assert pgqrs("queue", *args, dsn=dsn).returncode == 2, args
+    assert "x" not in {q["queue_name"] for q in as_json("queue", "list", dsn=dsn)}  # type: ignore[attr-defined]
+
+    # --max-read-ct on metrics and archive-dlq: accepted, ignored, with a warning.
+    old = pgqrs("queue", "metrics", "mail", "--max-read-ct", "1", "--format", "json", dsn=dsn)
+    assert old.returncode == 0 and "deprecated and ignored" in old.stderr
+    assert json.loads(old.stdout)["queue_name"] == "mail"
+    old = pgqrs("queue", "archive-dlq", "--max-read-ct", "1", dsn=dsn)
+    assert old.returncode == 0 and "deprecated and ignored" in old.stderr
+
+
+async def test_dead_letter_scenario_of_issue_13(dsn: str) -> None:
+    """A queue created with max_read_ct=2: a consumer delivers a poison message twice
+    (dequeued, never acked, its lease runs out); ``queue metrics`` counts it as dead, and a
+    default ``Admin().dlq(queue)`` moves it, whatever that Admin's own settings."""
+    from pgqrs import Admin, Consumer, Producer
+
+    assert pgqrs("queue", "create", "poison", "--max-read-ct", "2", dsn=dsn).returncode == 0
+    async with (Producer(dsn, "poison", "p", 1) as producer,
+                Consumer(dsn, "poison", "c", 2) as consumer):
+        mid = await producer.enqueue({"poison": True})
+        for attempt in (1, 2):
+            (message,) = await consumer.dequeue(visibility_timeout=0.2)
+            assert (message.id, message.read_ct) == (mid, attempt)
+            await asyncio.sleep(0.3)  # crashed mid-handler: the lease runs out
+        assert await consumer.dequeue() == []  # never delivered again
+    metrics = as_json("queue", "metrics", "poison", dsn=dsn)
+    assert (metrics["dead_messages"], metrics["pending_messages"]) == (1, 0)  # type: ignore[index]
+    table = pgqrs("queue", "metrics", dsn=dsn)
+    assert re.search(r"^poison\s+1\s+0\s+0\s+0\s+1\s", table.stdout, re.M), table.stdout
+    async with Admin(dsn) as admin:  # defaults: max_read_ct 5, yet the queue's 2 decides
+        assert admin.max_read_ct == 5
+        assert await admin.dlq("poison") == [mid]
+        (dead,) = await (await admin.get_archive()).list_dlq_messages()
+        assert (dead.original_msg_id, dead.read_ct, dead.dead_letter) == (mid, 2, True)
+    metrics = as_json("queue", "metrics", "poison", dsn=dsn)
+    assert (metrics["dead_messages"], metrics["archived_messages"]) == (0, 1)  # type: ignore[index]

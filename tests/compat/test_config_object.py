@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 import pgqrs
-from pgqrs import Admin, Config, ConfigurationError, Consumer, Producer, Settings
+from pgqrs import Admin, Config, ConfigurationError, Consumer, Producer, QueuePolicy, Settings
 
 FIELDS = {
     "schema": "jobs",
@@ -37,10 +37,12 @@ def test_defaults_are_pgqrs_defaults() -> None:
     assert config.max_connections == settings.pool_size
     assert config.connection_timeout_seconds == settings.connect_timeout
     assert config.heartbeat_interval_seconds == settings.heartbeat_interval
-    assert config.max_read_ct == Admin("postgresql://localhost/mydb").max_read_ct
+    admin = Admin("postgresql://localhost/mydb")
+    # The two queue rules are the defaults of the queues an Admin creates.
+    assert config.max_read_ct == admin.max_read_ct == QueuePolicy().max_read_ct
+    assert config.default_lock_time_seconds == admin.settings.visibility_timeout
     consumer = Consumer("postgresql://localhost/mydb", "q", "h", 1)
-    assert config.default_lock_time_seconds == consumer.visibility_timeout
-    assert consumer.max_read_ct == config.max_read_ct
+    assert (consumer.visibility_timeout, consumer.max_read_ct) == (None, None)  # the queue's
 
 
 def test_from_dsn_ignores_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,9 +71,9 @@ def test_admin_maps_every_field() -> None:
     admin = Admin(config)
     s = admin.settings
     assert (s.schema, s.pool_size, s.connect_timeout, s.heartbeat_interval) == ("jobs", 42, 60, 15)
-    assert admin.max_read_ct == 10
+    assert (admin.max_read_ct, s.visibility_timeout) == (10, 120)  # of the queues it creates
     consumer = Consumer(admin, "q", "h", 1)
-    assert consumer.visibility_timeout == 120
+    assert consumer.visibility_timeout is None  # it follows its queue's
     assert consumer.settings is admin.settings
     assert Consumer(admin, "q", "h", 2, visibility_timeout=7).visibility_timeout == 7
 

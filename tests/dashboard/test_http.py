@@ -353,16 +353,3 @@ async def test_schema_errors_show_the_fix(empty_dsn: str) -> None:
     async with client_for(pgqrs.dashboard.app(empty_dsn)) as client:
         response = await client.get("/")
         assert response.status_code == 500 and "pgqrs install" in response.text
-
-
-
-async def test_policy_actions_are_off_until_admin_has_them(dsn: str, queue: str) -> None:
-    """Pause/resume/purge-archive wait for Admin's queue-policy methods (see
-    policy_actions_pending.py): no buttons, and their routes answer 404."""
-    async with client_for(pgqrs.dashboard.app(dsn, actions=True)) as client:
-        page = (await client.get("/queue?name=tasks")).text
-        assert "Pause queue" not in page and "Purge archive" not in page
-        for path in ("/queue/pause", "/queue/resume", "/queue/purge-archive"):
-            response = await client.post(path, data={"name": "tasks", "confirm": "yes",
-                                                     "csrf": "refused before it is read"})
-            assert response.status_code == 404, path

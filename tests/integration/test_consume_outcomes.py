@@ -18,7 +18,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from pgqrs import Consumer, Outcome, Producer, QueueMessage, Settled, ValidationError
+from pgqrs import Admin, Consumer, Outcome, Producer, QueueMessage, Settled, ValidationError
 
 PROC = Path(__file__).with_name("consume_proc.py")
 
@@ -36,7 +36,9 @@ async def archive_counts(dsn: str) -> Counter[bool]:
     return Counter({r[0]: r[1] for r in rows})
 
 
-async def test_each_outcome_once_after_the_database_agreed(dsn: str, queue: str) -> None:
+async def test_each_outcome_once_after_the_database_agreed(dsn: str, queue: str,
+                                                          admin: Admin) -> None:
+    await admin.update_queue(queue, max_read_ct=3)  # the queue's threshold decides
     async with Producer(dsn, queue, "p", 1) as producer:
         ids = await producer.enqueue_batch(
             [{"kind": kind} for kind in ["ok"] * 6 + ["flaky"] * 3 + ["poison"] * 3])
@@ -64,7 +66,7 @@ async def test_each_outcome_once_after_the_database_agreed(dsn: str, queue: str)
             state = "waiting" if live[0][0] is None and live[0][1] else "held"
         seen_in_db.append((mid, event.message.read_ct, state))
 
-    async with Consumer(dsn, queue, "c", 2, max_read_ct=3) as consumer:
+    async with Consumer(dsn, queue, "c", 2) as consumer:
         done = await consumer.consume(handler, batch_size=4, concurrency=4, poll_interval=0.05,
                                       backoff_base=0.1, backoff_max=0.15, stop_when_idle=True,
                                       on_settled=on_settled)

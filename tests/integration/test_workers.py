@@ -172,7 +172,9 @@ async def test_purge_old_workers(dsn: str, queue: str) -> None:
         assert await admin.purge_old_workers(0.1) == 1
 
 
-async def test_consume_archives_successes_and_dead_letters_failures(dsn: str, queue: str) -> None:
+async def test_consume_archives_successes_and_dead_letters_failures(dsn: str, queue: str,
+                                                                  admin: Admin) -> None:
+    await admin.update_queue(queue, max_read_ct=3)  # the queue's threshold decides
     async with Producer(dsn, queue, "p", 1) as producer:
         await producer.enqueue_batch([{"i": i, "fail": i % 3 == 0} for i in range(12)])
     attempts: dict[int, list[float]] = {}
@@ -182,7 +184,7 @@ async def test_consume_archives_successes_and_dead_letters_failures(dsn: str, qu
         if message.payload["fail"]:
             raise ValueError("boom")
 
-    async with Consumer(dsn, queue, "c", 2, max_read_ct=3) as consumer:
+    async with Consumer(dsn, queue, "c", 2) as consumer:
         stop = asyncio.Event()
 
         async def stop_when_settled() -> None:
@@ -203,7 +205,7 @@ async def test_consume_archives_successes_and_dead_letters_failures(dsn: str, qu
     assert len(failing) == 4
     for mid in failing:
         times = attempts[mid]
-        assert len(times) == 3  # max_read_ct deliveries, then dead-lettered
+        assert len(times) == 3  # the queue's max_read_ct, then dead-lettered
         assert times[1] - times[0] >= 0.1 and times[2] - times[1] >= 0.2  # backoff doubles
     async with Admin(dsn) as admin:
         archive = await admin.get_archive()

@@ -31,11 +31,12 @@ class Known:
     oldest_pending_age: float = 3600.0  # set back by an hour, below
     workers: tuple[int, int, int] = (3, 1, 1)  # ready, suspended, stopped
     stale: int = 1
+    max_read_ct: int = 3  # the queue's own threshold decides what counts as dead
 
 
 async def _exhaust(consumer: Consumer, message_id: int) -> None:
-    """Deliver a message until it has used its five deliveries, leaving its lease over."""
-    for _ in range(5):
+    """Deliver a message until it has used the queue's deliveries, leaving its lease over."""
+    for _ in range(Known.max_read_ct):
         (claimed,) = await consumer.dequeue(visibility_timeout=0.05)
         assert claimed.id == message_id
         await asyncio.sleep(0.1)
@@ -43,10 +44,12 @@ async def _exhaust(consumer: Consumer, message_id: int) -> None:
 
 @pytest.fixture
 async def known(dsn: str) -> AsyncIterator[Known]:
-    """Queue ``jobs`` with messages and workers in every state; queue ``idle`` empty."""
+    """Queue ``jobs`` with messages and workers in every state; queue ``idle`` empty and
+    paused."""
     async with Admin(dsn) as admin:
-        await admin.create_queue("jobs")
+        await admin.create_queue("jobs", max_read_ct=Known.max_read_ct)
         await admin.create_queue("idle")
+        await admin.pause_queue("idle")
         async with (Producer(dsn, "jobs", "producer", 1) as producer,
                     Consumer(dsn, "jobs", "consumer", 1) as consumer,
                     Consumer(dsn, "jobs", "suspended", 1) as suspended):
@@ -90,13 +93,16 @@ def _check(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], known: 
         "messages_pending": known.pending, "messages_leased": known.leased,
         "messages_delayed": known.delayed, "messages_dead": known.dead,
         "messages_archived": known.archived, "workers_stale": known.stale,
+        "queue_paused": 0,
     }
     assert known.oldest_pending_age <= age < known.oldest_pending_age + 60
     ready, suspended, stopped = known.workers
     assert workers(samples, "jobs") == {"ready": ready, "suspended": suspended,
                                         "stopped": stopped}
-    # An empty queue is exported too, all zeros: its series never vanish.
-    assert set(queue_values(samples, "idle").values()) == {0.0}
+    # An empty queue is exported too, all zeros but its paused flag: its series never vanish.
+    idle = queue_values(samples, "idle")
+    assert idle.pop("queue_paused") == 1
+    assert set(idle.values()) == {0.0}
     assert workers(samples, "idle") == {"ready": 0, "suspended": 0, "stopped": 0}
     assert value(samples, "pgqrs_schema_info", revision=_head()) == 1
     assert value(samples, "pgqrs_up") == 1
@@ -110,7 +116,8 @@ def _head() -> str:
 
 async def test_exporter_process_scrape_returns_the_known_counts(dsn: str, known: Known,
                                                                  ) -> None:
-    with exporter(dsn) as running:
+    # The flag of 0.1 is still accepted, and ignored: the queue's threshold (3) decides.
+    with exporter(dsn, "--max-read-ct", "9") as running:
         url = running.url
         samples, text = await scrape(url)
         _check(samples, known)
@@ -122,6 +129,7 @@ async def test_exporter_process_scrape_returns_the_known_counts(dsn: str, known:
         samples, _ = await scrape(url)
         assert value(samples, "pgqrs_messages_pending", queue="jobs") == known.pending - 1
         assert value(samples, "pgqrs_messages_archived", queue="jobs") == known.archived + 1
+    assert "--max-read-ct is deprecated and ignored" in running.stderr
 
 
 async def test_asgi_app_on_the_host_engine_serves_the_same_counts(dsn: str, known: Known,
@@ -246,5 +254,8 @@ async def test_serve_in_process_and_bad_arguments(dsn: str) -> None:
         QueueCollector(dsn, schema="no such schema")
     with pytest.raises(ValidationError):
         QueueCollector(dsn, archive_exact_limit=0)
+    # The collector's own threshold is gone: each queue's decides (a warning says so).
+    with pytest.warns(DeprecationWarning, match="each queue's own max_read_ct"):
+        await QueueCollector(dsn, max_read_ct=2).close()
     with pytest.raises(ConfigurationError):
         QueueCollector("mysql://localhost/db")

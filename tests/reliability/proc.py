@@ -6,9 +6,10 @@ recorded survives a SIGKILL. Modes:
 
 * ``produce``: enqueue ``count`` messages in batches of random size; one ``batch`` line
   per committed batch (its ids and sequence numbers).
-* ``consume``: ``Consumer.consume`` with a random batch size and concurrency until SIGTERM.
+* ``consume``: ``Consumer.consume`` with a random batch size and concurrency until SIGTERM
+  (dead-letter threshold and retry backoff: the queue's policy).
 * ``manual``: a ``dequeue``/``archive_batch``/``release`` loop with random limits until
-  SIGTERM.
+  SIGTERM, dead-lettering and backing off by the queue's policy (``Consumer.policy()``).
 * ``crashy``: a consumer loop that SIGKILLs itself at ``crash_point`` (``after_dequeue``,
   ``in_handler``, ``in_archive``) with probability ``crash_p`` per opportunity, or (no
   point) ``consume()`` for the test to SIGKILL from outside.
@@ -83,7 +84,6 @@ async def consume(cfg: dict[str, Any], rec: Recorder) -> None:
     stop = _stop_event()
     async with Consumer(cfg["dsn"], cfg["queue"], cfg["host"], cfg["port"],
                         visibility_timeout=cfg.get("vt", 30),
-                        max_read_ct=cfg.get("max_read_ct", 3),
                         heartbeat_interval=cfg.get("heartbeat", 1.0)) as consumer:
         worker = await consumer.register()
 
@@ -99,21 +99,20 @@ async def consume(cfg: dict[str, Any], rec: Recorder) -> None:
         batch = rng.randint(1, cfg.get("max_batch", 50))
         done = await consumer.consume(handler, batch_size=batch,
                                       concurrency=rng.randint(batch, 2 * batch),
-                                      poll_interval=0.05, backoff_base=0.02, backoff_max=0.2,
-                                      stop=stop, grace_period=10)
+                                      poll_interval=0.05, stop=stop, grace_period=10)
     print(f"DONE {done}", flush=True)
 
 
 async def manual(cfg: dict[str, Any], rec: Recorder) -> None:
     rng = random.Random(cfg["seed"])
     fail_p = cfg.get("fail_p", 0.0)
-    max_read_ct = cfg.get("max_read_ct", 3)
     stop = _stop_event()
     done = 0
     async with Consumer(cfg["dsn"], cfg["queue"], cfg["host"], cfg["port"],
-                        visibility_timeout=cfg.get("vt", 30), max_read_ct=max_read_ct,
+                        visibility_timeout=cfg.get("vt", 30),
                         heartbeat_interval=cfg.get("heartbeat", 1.0)) as consumer:
         worker = await consumer.register()
+        policy = await consumer.policy()  # the queue's rules, as a hand-written loop reads them
         print("READY", flush=True)
         while not stop.is_set():
             batch = await consumer.dequeue(rng.randint(1, cfg.get("max_batch", 50)))
@@ -124,10 +123,11 @@ async def manual(cfg: dict[str, Any], rec: Recorder) -> None:
             for message in batch:
                 if _should_fail(rng, message, fail_p):
                     _delivery(rec, worker, message, "fail")
-                    if message.read_ct >= max_read_ct:
+                    if policy.is_dead(message.read_ct):
                         assert await consumer.archive_dead([message.id]) == [True]
                     else:
-                        assert await consumer.release([message.id], delay=0.02) == 1
+                        delay = policy.retry_delay(message.read_ct)
+                        assert await consumer.release([message.id], delay=delay) == 1
                 else:
                     _delivery(rec, worker, message, "ok")
                     ok.append(message.id)
@@ -152,8 +152,7 @@ async def crashy(cfg: dict[str, Any], rec: Recorder) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     async with Consumer(cfg["dsn"], cfg["queue"], cfg["host"], cfg["port"],
-                        visibility_timeout=cfg["vt"], max_read_ct=10_000,
-                        heartbeat_interval=0.5) as consumer:
+                        visibility_timeout=cfg["vt"], heartbeat_interval=0.5) as consumer:
         worker = await consumer.register()
 
         async def handler(message: QueueMessage) -> None:

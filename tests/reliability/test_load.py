@@ -29,14 +29,15 @@ POISON_EVERY = 97
 
 
 async def run_load(dsn: str, procs: Procs, messages: int, seed: int) -> dict[str, Any]:
-    async with Admin(dsn) as admin:
-        await admin.create_queue("load")
+    async with Admin(dsn) as admin:  # the queue's rules, followed by both kinds of consumer
+        await admin.create_queue("load", max_read_ct=MAX_READ_CT, retry_backoff_base=0.02,
+                                 retry_backoff_max=0.2)
     began = time.monotonic()
     consumers = []
     for i in range(CONSUMERS):
         proc, out = procs.spawn(mode="consume" if i % 2 == 0 else "manual", dsn=dsn,
                                 queue="load", host="load-consumer", port=100 + i,
-                                seed=seed * 100 + i, fail_p=FAIL_P, max_read_ct=MAX_READ_CT,
+                                seed=seed * 100 + i, fail_p=FAIL_P,
                                 max_batch=64)
         consumers.append((proc, out))
     for proc, _ in consumers:

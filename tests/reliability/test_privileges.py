@@ -49,13 +49,15 @@ async def app(auth_server: AuthServer) -> AsyncIterator[tuple[str, str]]:
 @pytest.mark.timeout(60)
 async def test_queue_works_under_the_least_privileged_role(app: tuple[str, str]) -> None:
     owner, dsn = app
+    async with Admin(owner) as owner_admin:  # the queue's rules are the owner's to change
+        await owner_admin.update_queue("tasks", max_read_ct=2)
     assert await scalar(dsn, "SELECT current_user") == ROLE
     async with Admin(dsn) as admin:
         assert await admin.verify()
         assert [q.queue_name for q in await admin.list_queues()] == ["tasks"]
         await admin.install()  # already at head: a no-op that needs no DDL rights
     async with Producer(dsn, "tasks", "app-p", 1) as producer, \
-            Consumer(dsn, "tasks", "app-c", 2, max_read_ct=2) as consumer:
+            Consumer(dsn, "tasks", "app-c", 2, max_read_ct=2) as consumer:  # checked: equal
         ids = await producer.enqueue_batch([{"i": i} for i in range(20)])
         await producer.enqueue({"one": True}, delay=0)
         got = await consumer.dequeue(5)
