@@ -27,6 +27,7 @@ from pgqrs.producer import Producer
 from pgqrs.settings import Settings
 from pgqrs.types import (
     ArchivedMessage,
+    NewMessage,
     Outcome,
     QueueInfo,
     QueueMessage,
@@ -52,6 +53,7 @@ __all__ = [
     "Consumer",
     "DatabaseError",
     "DatabaseUnavailableError",
+    "NewMessage",
     "Outcome",
     "PgqrsError",
     "Producer",

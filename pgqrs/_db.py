@@ -268,6 +268,8 @@ class Database:
         """Run ``fn(connection, ...)`` on the synchronous connection under ``executor``."""
         if isinstance(executor, AsyncSession):
             executor = await executor.connection()
+        if isinstance(executor, DriverConnection):
+            executor = executor.conn
         if not isinstance(executor, AsyncConnection):
             raise TypeError(f"run_sync needs a connection, got {type(executor).__name__}")
         return await executor.run_sync(fn, *args, **kwargs)

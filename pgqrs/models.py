@@ -1,4 +1,4 @@
-"""SQLAlchemy declarative models of the four pgqrs tables.
+"""SQLAlchemy declarative models of the pgqrs tables.
 
 They live on pgqrs's own ``MetaData`` (never the host application's) with ``schema=None``;
 pgqrs maps ``None`` to the configured schema on every statement
@@ -25,6 +25,8 @@ from sqlalchemy import (
     Integer,
     Interval,
     MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -133,14 +135,32 @@ class Worker(PgqrsBase):
 
 
 class Message(PgqrsBase):
-    """A live message; ``vt`` is when it becomes (or became) claimable."""
+    """A live message; ``vt`` is when it becomes (or became) claimable.
+
+    Options (SPEC §13): ``priority`` (higher first), ``dedup_key`` (at most one live message
+    per key and queue), ``headers`` (a small str→str map) and ``group_key`` (an ordered
+    group). Of a group's live messages only the head (the oldest) is claimable; the others
+    are ``parked`` and stay out of the claim index until the head leaves (see
+    ``pgqrs.repositories._groups``).
+    """
 
     __tablename__ = "pgqrs_messages"
     __table_args__ = (
-        # Serves the dequeue query: equality on queue_id, FIFO walk by id, vt filtered.
+        # Lists and the dashboard page through a queue by id.
         Index(None, "queue_id", "id"),
         Index(None, "consumer_worker_id"),
         Index(None, "producer_worker_id"),
+        # The claim: per priority level, the oldest visible first. Delayed and leased rows
+        # (vt in the future) sort after every visible row of their level, so a claim never
+        # walks them; parked rows are not in it at all.
+        Index("ix_pgqrs_messages_claim", "queue_id", text("priority DESC"), "vt", "id",
+              postgresql_where=text("NOT parked")),
+        # Deduplication: one live message per key and queue (archiving frees the key).
+        Index("uq_pgqrs_messages_dedup_key", "queue_id", "dedup_key", unique=True,
+              postgresql_where=text("dedup_key IS NOT NULL")),
+        # The queue behind each group head: the next one to unpark is the lowest id.
+        Index("ix_pgqrs_messages_parked", "queue_id", "group_key", "id",
+              postgresql_where=text("parked")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -160,6 +180,30 @@ class Message(PgqrsBase):
     consumer_worker_id: Mapped[int | None] = mapped_column(
         BigInteger, ForeignKey("pgqrs_workers.id", ondelete="SET NULL"), nullable=True
     )
+    priority: Mapped[int] = mapped_column(SmallInteger, nullable=False,
+                                          server_default=text("0"))
+    parked: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+    dedup_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    group_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    headers: Mapped[dict[str, str] | None] = mapped_column(JSONB, nullable=True)
+
+
+class Group(PgqrsBase):
+    """An ordered group with live messages: its lock, and how many live messages it has.
+
+    Every enqueue into the group and every removal of one of its messages locks this row,
+    which is what keeps "one head per group" true across processes. The row goes when its
+    last live message does.
+    """
+
+    __tablename__ = "pgqrs_groups"
+    __table_args__ = (PrimaryKeyConstraint("queue_id", "group_key"),)
+
+    queue_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("pgqrs_queues.id", ondelete="CASCADE"), nullable=False
+    )
+    group_key: Mapped[str] = mapped_column(Text, nullable=False)
+    live: Mapped[int] = mapped_column(Integer, nullable=False)
 
 
 class Archive(PgqrsBase):
@@ -193,21 +237,29 @@ class Archive(PgqrsBase):
     dead_letter: Mapped[bool] = mapped_column(
         Boolean, nullable=False, server_default=text("false")
     )
+    priority: Mapped[int] = mapped_column(SmallInteger, nullable=False,
+                                          server_default=text("0"))
+    dedup_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    group_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    headers: Mapped[dict[str, str] | None] = mapped_column(JSONB, nullable=True)
 
 
 queues_table = cast(Table, Queue.__table__)
 workers_table = cast(Table, Worker.__table__)
 messages_table = cast(Table, Message.__table__)
 archive_table = cast(Table, Archive.__table__)
+groups_table = cast(Table, Group.__table__)
 
 __all__ = [
     "NAMING_CONVENTION",
     "Archive",
+    "Group",
     "Message",
     "PgqrsBase",
     "Queue",
     "Worker",
     "archive_table",
+    "groups_table",
     "messages_table",
     "queues_table",
     "workers_table",

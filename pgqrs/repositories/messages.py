@@ -18,6 +18,7 @@ from sqlalchemy import (
     ARRAY,
     BigInteger,
     ColumnElement,
+    Integer,
     Interval,
     Text,
     and_,
@@ -30,12 +31,14 @@ from sqlalchemy import (
     insert,
     literal_column,
     select,
+    true,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.sql.elements import Grouping
 
 from pgqrs.models import archive_table, messages_table, queues_table, workers_table
-from pgqrs.repositories._base import EncodedJSONB, Executor, Repository, Statement
+from pgqrs.repositories import _enqueue, _groups
+from pgqrs.repositories._base import Executor, Statement
 from pgqrs.types import ArchivedMessage, QueueMessage, WorkerStatus
 
 _m = messages_table
@@ -64,62 +67,63 @@ def notifying(statement: Any) -> Any:
                   func.pg_notify(_CHANNEL, cast(changed.c.queue_id, Text)).label("notified"))
 
 
-_ENQUEUE = Statement(notifying(
-    insert(_m)
-    .values(
-        queue_id=_QUEUE,
-        payload=bindparam("p_payload", type_=EncodedJSONB),
-        vt=_NOW + _DELAY,
-        producer_worker_id=_WORKER,
-    )
-    .returning(_m.c.id, _m.c.queue_id)
-))
+# Enqueue statements live in _enqueue; the names here are the ones the fast-path tests and
+# the benchmarks' floor look up.
+_ENQUEUE = _enqueue.ENQUEUE
+_ENQUEUE_BATCH = _enqueue.ENQUEUE_BATCH
 
-_batch = (
-    func.unnest(bindparam("p_payloads", type_=ARRAY(Text)))
-    .table_valued("payload", with_ordinality="ord")
-    .render_derived()
-)
-_ENQUEUE_BATCH = Statement(notifying(
-    insert(_m)
-    .from_select(
-        ["queue_id", "payload", "vt", "producer_worker_id"],
-        select(_QUEUE, cast(_batch.c.payload, JSONB), _NOW + _DELAY, _WORKER).order_by(
-            _batch.c.ord
-        ),
-    )
-    .returning(_m.c.id, _m.c.queue_id)
-))
-
-# The claim: FIFO by id, visible now, attempts left, the queue not paused, and the consumer
-# still 'ready' (so a worker suspended from outside stops receiving at once). The threshold
-# and the paused flag come from the queue row in this very statement, so a policy change
-# reaches running consumers on their next claim. Both lookups are uncorrelated (InitPlans,
-# run once): the paused check is a one-time filter, so a paused queue's messages are not
-# even scanned, and the threshold is a constant for the index walk.
+# The claim, per priority level from the highest: the oldest visible messages of a level,
+# then the next level. ``levels`` walks the distinct priorities of the queue's claimable
+# (unparked) rows, one index probe each, lazily: a claim served by the top level never
+# looks further. Within a level the index is ordered by vt, so every visible row comes
+# before every delayed or leased one (vt in the future): LIMIT stops before reaching them,
+# and a level with nothing visible costs one probe. (One ORDER BY priority DESC, vt over
+# the whole index would walk the invisible rows of every level above the first visible
+# one; PostgreSQL 18's skip scan avoids that too, but 10-17 would walk.)
+# Paused queue and the worker's status are one-time checks on the anchor: nothing is
+# scanned while the queue is paused or the worker is not ready. The threshold comes from
+# the queue row in this very statement, so a policy change reaches running consumers on
+# their next claim.
 _queue_row = _q.c.id == _QUEUE
-_claimable = (
-    select(_m.c.id)
-    .where(
-        _m.c.queue_id == _QUEUE,
-        _m.c.vt <= _NOW,
-        _m.c.read_ct < select(_q.c.max_read_ct).where(_queue_row).scalar_subquery(),
-        select(_q.c.id).where(_queue_row, _q.c.paused.is_(False)).exists(),
-        select(_w.c.id)
-        .where(_w.c.id == _WORKER, _w.c.status == WorkerStatus.READY)
-        .exists(),
-    )
-    .order_by(_m.c.id)
-    .limit(bindparam("p_limit"))
-    .with_for_update(skip_locked=True)
-    .cte("claim")
+_open = and_(_m.c.queue_id == _QUEUE, ~_m.c.parked)
+
+
+def _levels(name: str, *checks: ColumnElement[bool]) -> Any:
+    top = (select(_m.c.priority.label("p")).where(_open, *checks)
+           .order_by(_m.c.priority.desc()).limit(1).cte(name, recursive=True))
+    below = (select(_m.c.priority).where(_open, _m.c.priority < top.c.p)
+             .order_by(_m.c.priority.desc()).limit(1).scalar_subquery())
+    return top.union_all(select(below).where(top.c.p.is_not(None)))
+
+
+_MAX_READ_CT = select(_q.c.max_read_ct).where(_queue_row).scalar_subquery()
+_claim_levels = _levels(
+    "levels",
+    select(_q.c.id).where(_queue_row, _q.c.paused.is_(False)).exists(),
+    select(_w.c.id).where(_w.c.id == _WORKER, _w.c.status == WorkerStatus.READY).exists(),
 )
+_LIMIT = bindparam("p_limit", type_=Integer)
+_picked = (
+    select(_m.c.id)
+    .where(_open, _m.c.priority == _claim_levels.c.p, _m.c.vt <= _NOW,
+           _m.c.read_ct < _MAX_READ_CT)
+    .order_by(_m.c.vt, _m.c.id)
+    .limit(_LIMIT)
+    .with_for_update(skip_locked=True)
+    .lateral("picked")
+)
+_claimable = (select(_picked.c.id).select_from(_claim_levels.join(_picked, true()))
+              .limit(_LIMIT).cte("claim"))
 # A NULL p_lease means "the queue's visibility_timeout" (another one-time lookup). The
 # policy is not returned with the rows: that cost ~10% per claim, and the consume loop
 # needs it only when a handler fails (QueueRepository.policy, or retry_or_dead_letter()).
+# The claimed rows are updated through the primary key (id = ANY(array)), never through a
+# join the planner might turn into a scan of the table; with nothing claimed (a paused
+# queue) a one-time filter skips even that.
 _DEQUEUE = Statement(
     update(_m)
-    .where(_m.c.id == _claimable.c.id)
+    .where(_m.c.id == any_(func.array(select(_claimable.c.id).scalar_subquery())),
+           select(_claimable.c.id).exists())
     .values(
         vt=_NOW + func.coalesce(
             bindparam("p_lease", type_=Interval),
@@ -132,18 +136,28 @@ _DEQUEUE = Statement(
     .returning(*_m.c)
 )
 
-_OWNED = and_(_m.c.id == any_(_IDS), _m.c.consumer_worker_id == _WORKER)
+# The fence: the worker holds the message AND it is the delivery the caller names (the
+# read_ct it was claimed at; a redelivery increments it). p_read_cts runs parallel to
+# p_ids.
+_READ_CTS = bindparam("p_read_cts", type_=ARRAY(Integer))
+_HELD = and_(_m.c.id == any_(_IDS), _m.c.consumer_worker_id == _WORKER,
+             _m.c.read_ct == Grouping(_READ_CTS)[func.array_position(_IDS, _m.c.id)])
+# Ungrouped messages leave in one statement; a grouped one must hand over to the next of
+# its group (see _groups), so these statements leave grouped rows alone.
+_UNGROUPED = and_(_HELD, _m.c.group_key.is_(None))
 
-_DELETE = Statement(delete(_m).where(_OWNED).returning(_m.c.id))
+_DELETE = Statement(delete(_m).where(_UNGROUPED).returning(_m.c.id))
 _EXTEND = Statement(
     update(_m)
-    .where(_m.c.id == bindparam("p_id"), _m.c.consumer_worker_id == _WORKER)
+    .where(_m.c.id == bindparam("p_id"), _m.c.consumer_worker_id == _WORKER,
+           _m.c.read_ct == bindparam("p_read_ct", type_=Integer))
     .values(vt=_NOW + bindparam("p_lease", type_=Interval))
     .returning(_m.c.id)
 )
+# A released group head stays the head: it is delivered again before the rest.
 _RELEASE = Statement(notifying(
     update(_m)
-    .where(_OWNED)
+    .where(_HELD)
     .values(vt=_NOW + _DELAY, consumer_worker_id=None)
     .returning(_m.c.id, _m.c.queue_id)
 ))
@@ -154,38 +168,65 @@ _RELEASE_WORKER = Statement(notifying(
     .returning(_m.c.id, _m.c.queue_id)
 ))
 
-_ARCHIVE_COLUMNS = [
-    "original_msg_id", "queue_id", "payload", "enqueued_at", "vt", "read_ct", "dequeued_at",
-    "producer_worker_id", "consumer_worker_id", "dead_letter",
-]
-
 
 def _archive_statement(where: ColumnElement[bool], *, dead: bool) -> Any:
-    """One statement that moves the matching live rows into the archive."""
+    """One statement that moves the matching (ungrouped) live rows into the archive."""
     moved = delete(_m).where(where).returning(*_m.c).cte("moved")
     rows = select(
         moved.c.id, moved.c.queue_id, moved.c.payload, moved.c.enqueued_at, moved.c.vt,
         moved.c.read_ct, moved.c.dequeued_at, moved.c.producer_worker_id,
-        moved.c.consumer_worker_id, literal_column("true" if dead else "false"),
+        moved.c.consumer_worker_id, moved.c.priority, moved.c.dedup_key, moved.c.group_key,
+        moved.c.headers, literal_column("true" if dead else "false"),
     )
-    return insert(_a).from_select(_ARCHIVE_COLUMNS, rows).returning(_a.c.original_msg_id)
+    return (insert(_a).from_select(list(_groups.ARCHIVE_COLUMNS), rows)
+            .returning(_a.c.original_msg_id))
 
 
-_ARCHIVE = Statement(_archive_statement(_OWNED, dead=False))
-_ARCHIVE_DEAD = Statement(_archive_statement(_OWNED, dead=True))
-_ARCHIVE_ANY = Statement(_archive_statement(_m.c.id == any_(_IDS), dead=False))
-_DELETE_ANY = Statement(delete(_m).where(_m.c.id == any_(_IDS)).returning(_m.c.id))
+_ARCHIVE = Statement(_archive_statement(_UNGROUPED, dead=False))
+_ARCHIVE_DEAD = Statement(_archive_statement(_UNGROUPED, dead=True))
+
+# Removals that may touch grouped rows: lock the groups, then leave (see _groups).
+_LOCK_HELD = Statement(_groups.lock_groups(
+    select(_m.c.queue_id, _m.c.group_key).where(_HELD, _m.c.group_key.is_not(None))))
+_LOCK_ANY = Statement(_groups.lock_groups(
+    select(_m.c.queue_id, _m.c.group_key)
+    .where(_m.c.id == any_(_IDS), _m.c.group_key.is_not(None))))
+_LEAVE = {
+    ("archive", True): Statement(_groups.leaving(_HELD, archive=True)),
+    ("dead", True): Statement(_groups.leaving(_HELD, archive=True, dead=True)),
+    ("delete", True): Statement(_groups.leaving(_HELD, archive=False)),
+    ("archive", False): Statement(_groups.leaving(_m.c.id == any_(_IDS), archive=True)),
+    ("delete", False): Statement(_groups.leaving(_m.c.id == any_(_IDS), archive=False)),
+}
 # Dead: as many deliveries as the message's own queue allows, and the lease over. The
 # queue table in the WHERE clause makes this DELETE ... USING pgqrs_queues: one join, each
 # message measured against its queue's threshold.
 _DEAD_ANY_QUEUE = and_(_m.c.queue_id == _q.c.id, _m.c.read_ct >= _q.c.max_read_ct,
                        _m.c.vt <= _NOW)
-_DLQ_ALL = _archive_statement(_DEAD_ANY_QUEUE, dead=True)
-_DLQ_QUEUE = _archive_statement(and_(_DEAD_ANY_QUEUE, _m.c.queue_id == _QUEUE), dead=True)
+_DEAD_IN_QUEUE = and_(_DEAD_ANY_QUEUE, _m.c.queue_id == _QUEUE)
+
+
+def _dead_groups(where: ColumnElement[bool]) -> Any:
+    members = (select(_m.c.queue_id, _m.c.group_key).select_from(_m.join(_q, _q.c.id ==
+                                                                            _m.c.queue_id))
+               .where(where, _m.c.group_key.is_not(None)))
+    return _groups.lock_groups(members)
+
+
+_LOCK_DEAD_ALL = _dead_groups(_DEAD_ANY_QUEUE)
+_LOCK_DEAD_QUEUE = _dead_groups(_DEAD_IN_QUEUE)
+_DLQ_ALL = _groups.leaving(and_(_DEAD_ANY_QUEUE, _groups.in_locked_groups()), archive=True,
+                           dead=True)
+_DLQ_QUEUE = _groups.leaving(and_(_DEAD_IN_QUEUE, _groups.in_locked_groups()), archive=True,
+                             dead=True)
 
 
 def _payload(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
+
+
+def _headers(value: Any) -> dict[str, str]:
+    return {} if value is None else dict(_payload(value))
 
 
 def to_message(row: Mapping[Any, Any]) -> QueueMessage:
@@ -194,7 +235,9 @@ def to_message(row: Mapping[Any, Any]) -> QueueMessage:
         id=row["id"], queue_id=row["queue_id"], payload=_payload(row["payload"]),
         vt=row["vt"], enqueued_at=row["enqueued_at"], read_ct=row["read_ct"],
         dequeued_at=row["dequeued_at"], producer_worker_id=row["producer_worker_id"],
-        consumer_worker_id=row["consumer_worker_id"],
+        consumer_worker_id=row["consumer_worker_id"], priority=row["priority"],
+        headers=_headers(row["headers"]), dedup_key=row["dedup_key"],
+        group=row["group_key"],
     )
 
 
@@ -206,6 +249,8 @@ def to_archived(row: Mapping[Any, Any]) -> ArchivedMessage:
         read_ct=row["read_ct"], archived_at=row["archived_at"],
         dequeued_at=row["dequeued_at"], producer_worker_id=row["producer_worker_id"],
         consumer_worker_id=row["consumer_worker_id"], dead_letter=row["dead_letter"],
+        priority=row["priority"], headers=_headers(row["headers"]),
+        dedup_key=row["dedup_key"], group=row["group_key"],
     )
 
 
@@ -213,53 +258,42 @@ def _seconds(value: float | None) -> timedelta:
     return timedelta(seconds=value or 0)
 
 
-# Not only future vts: a message that fell due a moment ago, after the claim that missed
-# it, must count too (0), or "idle" would be declared with work still to do.
+# Per priority level, the first claimable row in vt order (one probe each, walking only
+# exhausted rows): the earliest of them is when the next claim can succeed. Not only
+# future vts: a message that fell due a moment ago, after the claim that missed it, must
+# count too (0), or "idle" would be declared with work still to do. Parked messages wait
+# for their group's head, which is counted.
+_due_levels = _levels("levels")
+_first = (
+    select(_m.c.vt)
+    .where(_open, _m.c.priority == _due_levels.c.p, _m.c.read_ct < _MAX_READ_CT)
+    .order_by(_m.c.vt, _m.c.id)
+    .limit(1)
+    .lateral("first")
+)
 _NEXT_DUE = Statement(select(
-    func.extract("epoch", func.min(_m.c.vt) - _NOW).label("due"),
+    func.extract("epoch", func.min(_first.c.vt) - _NOW).label("due"),
     select(_q.c.paused).where(_queue_row).scalar_subquery().label("paused"),
-).where(
-    _m.c.queue_id == _QUEUE,
-    _m.c.read_ct < select(_q.c.max_read_ct).where(_queue_row).scalar_subquery(),
-))
+).select_from(_due_levels.join(_first, true())))
 
 
-class MessageRepository(Repository):
+class MessageRepository(_enqueue.Enqueuing):
     """Live messages: enqueue, claim, ack (archive/delete), extend, release, counts."""
-
-    async def enqueue(self, executor: Executor, *, queue_id: int, payload: str,
-                      delay: float | None, worker_id: int | None) -> int:
-        """Insert one pre-encoded JSON payload; return its id."""
-        rows = await self._rows(executor, _ENQUEUE, {
-            "p_queue_id": queue_id, "p_payload": payload, "p_delay": _seconds(delay),
-            "p_worker_id": worker_id, "p_channel": self.channel,
-        })
-        return int(rows[0]["id"])
-
-    async def enqueue_batch(self, executor: Executor, *, queue_id: int,
-                            payloads: Sequence[str], delay: float | None,
-                            worker_id: int | None) -> builtins.list[int]:
-        """Insert many pre-encoded payloads in one statement; ids in input order."""
-        rows = await self._rows(executor, _ENQUEUE_BATCH, {
-            "p_queue_id": queue_id, "p_payloads": list(payloads), "p_delay": _seconds(delay),
-            "p_worker_id": worker_id, "p_channel": self.channel,
-        })
-        # Ids come from one sequence in ordinality order, so sorting restores input order.
-        return sorted(int(r["id"]) for r in rows)
 
     async def dequeue(self, executor: Executor, *, queue_id: int, worker_id: int, limit: int,
                       lease: float | None = None) -> builtins.list[QueueMessage]:
-        """Claim up to ``limit`` visible messages for ``worker_id``, oldest first.
+        """Claim up to ``limit`` visible messages for ``worker_id``, highest priority first.
 
-        The queue's row decides, in the same statement: nothing while it is paused, no
-        message delivered ``max_read_ct`` times, and the lease when ``lease`` is None
-        (each message's lease is then ``vt - dequeued_at``).
+        Within a priority the oldest visible first (``vt``), and of an ordered group only
+        its head. The queue's row decides, in the same statement: nothing while it is
+        paused, no message delivered ``max_read_ct`` times, and the lease when ``lease``
+        is None (each message's lease is then ``vt - dequeued_at``).
         """
         rows = await self._rows(executor, _DEQUEUE, {
             "p_queue_id": queue_id, "p_worker_id": worker_id, "p_limit": limit,
             "p_lease": None if lease is None else timedelta(seconds=lease),
         })
-        return sorted((to_message(r) for r in rows), key=lambda m: m.id)
+        return sorted((to_message(r) for r in rows), key=lambda m: (-m.priority, m.id))
 
     async def seconds_until_due(self, executor: Executor, *, queue_id: int) -> float | None:
         """Seconds until the next message (delayed, leased or visible: 0) is claimable.
@@ -276,44 +310,65 @@ class MessageRepository(Repository):
         return math.inf if rows[0]["paused"] else max(float(value), 0.0)
 
     async def archive(self, executor: Executor, *, worker_id: int | None,
-                      ids: Sequence[int], dead: bool = False) -> set[int]:
+                      ids: Sequence[int], read_cts: Sequence[int] | None = None,
+                      dead: bool = False) -> set[int]:
         """Move messages to the archive (``dead`` marks dead letters); return the moved ids.
 
-        With a ``worker_id`` only the messages that worker holds move (the lease fence);
-        ``None`` is the operator's override and moves them whoever holds them.
+        With a ``worker_id``, only the deliveries it holds (``read_cts``, parallel to
+        ``ids``) of ungrouped messages move, in one statement: the lease fence. ``None`` is
+        the operator's override: whoever holds them, grouped or not, through ``leave``
+        (so ``executor`` must then be in a transaction).
         """
         if worker_id is None:
-            statement = _ARCHIVE_ANY
-        else:
-            statement = _ARCHIVE_DEAD if dead else _ARCHIVE
-        rows = await self._rows(executor, statement, {"p_ids": list(ids),
-                                                      "p_worker_id": worker_id})
+            return await self.leave(executor, worker_id=None, ids=ids, action="archive")
+        rows = await self._rows(executor, _ARCHIVE_DEAD if dead else _ARCHIVE, {
+            "p_ids": list(ids), "p_worker_id": worker_id, "p_read_cts": _cts(ids, read_cts)})
         return {int(r["original_msg_id"]) for r in rows}
 
     async def delete(self, executor: Executor, *, worker_id: int | None,
-                     ids: Sequence[int]) -> set[int]:
-        """Delete messages (only those ``worker_id`` holds, unless it is None)."""
-        statement = _DELETE if worker_id is not None else _DELETE_ANY
-        rows = await self._rows(executor, statement, {"p_ids": list(ids),
-                                                      "p_worker_id": worker_id})
+                     ids: Sequence[int], read_cts: Sequence[int] | None = None) -> set[int]:
+        """Delete messages: as ``archive``, without keeping them."""
+        if worker_id is None:
+            return await self.leave(executor, worker_id=None, ids=ids, action="delete")
+        rows = await self._rows(executor, _DELETE, {
+            "p_ids": list(ids), "p_worker_id": worker_id, "p_read_cts": _cts(ids, read_cts)})
         return {int(r["id"]) for r in rows}
 
+    async def leave(self, executor: Executor, *, worker_id: int | None, ids: Sequence[int],
+                    action: str, read_cts: Sequence[int] | None = None) -> set[int]:
+        """Archive (``"archive"``, ``"dead"``) or ``"delete"`` messages, grouped or not.
+
+        Two statements that must share one transaction (see ``_groups``): lock the groups
+        of the messages, then remove them, handing each group over to its next message.
+        With a ``worker_id`` only its deliveries ``read_cts`` are taken (the fence).
+        """
+        params: dict[str, Any] = {"p_ids": list(ids), "p_channel": self.channel}
+        if worker_id is None:
+            lock = _LOCK_ANY
+        else:
+            lock = _LOCK_HELD
+            params.update(p_worker_id=worker_id, p_read_cts=_cts(ids, read_cts))
+        await self._rows(executor, lock, params)
+        rows = await self._rows(executor, _LEAVE[action, worker_id is not None], params)
+        return {int(r["id"]) for r in rows if r["id"] is not None}
+
     async def extend(self, executor: Executor, *, worker_id: int, message_id: int,
-                     seconds: float) -> bool:
-        """Set the lease to end ``seconds`` from now, if this worker holds it."""
+                     read_ct: int, seconds: float) -> bool:
+        """Set the lease to end ``seconds`` from now, if this worker holds that delivery."""
         rows = await self._rows(executor, _EXTEND, {
-            "p_id": message_id, "p_worker_id": worker_id, "p_lease": _seconds(seconds),
+            "p_id": message_id, "p_worker_id": worker_id, "p_read_ct": read_ct,
+            "p_lease": _seconds(seconds),
         })
         return bool(rows)
 
     async def release(self, executor: Executor, *, worker_id: int, ids: Sequence[int],
-                      delay: float | None) -> int:
-        """Give held messages back, visible again after ``delay``; return how many."""
+                      read_cts: Sequence[int], delay: float | None) -> set[int]:
+        """Give held deliveries back, visible again after ``delay``; return their ids."""
         rows = await self._rows(executor, _RELEASE, {
-            "p_ids": list(ids), "p_worker_id": worker_id, "p_delay": _seconds(delay),
-            "p_channel": self.channel,
+            "p_ids": list(ids), "p_worker_id": worker_id, "p_read_cts": list(read_cts),
+            "p_delay": _seconds(delay), "p_channel": self.channel,
         })
-        return len(rows)
+        return {int(r["id"]) for r in rows}
 
     async def release_worker(self, executor: Executor, worker_id: int) -> int:
         """Release everything ``worker_id`` holds, visible at once; return how many."""
@@ -327,12 +382,19 @@ class MessageRepository(Repository):
         """Archive exhausted messages whose lease is over, marked dead; return their ids.
 
         Each message is measured against its own queue's ``max_read_ct``, whoever asks.
+        A dead group head hands over to the next message of its group, so ``executor``
+        must be in a transaction (the groups are locked first).
         """
-        if queue_id is None:
-            result = await self._execute(executor, _DLQ_ALL)
-        else:
-            result = await self._execute(executor, _DLQ_QUEUE, {"p_queue_id": queue_id})
-        return sorted(int(i) for i in result.scalars())
+        params: dict[str, Any] = {"p_channel": self.channel}
+        if queue_id is not None:
+            params["p_queue_id"] = queue_id
+        locked = (await self._execute(
+            executor, _LOCK_DEAD_ALL if queue_id is None else _LOCK_DEAD_QUEUE, params)).all()
+        params.update(p_lock_queues=[r.queue_id for r in locked],
+                      p_lock_groups=[r.group_key for r in locked])
+        result = await self._execute(executor, _DLQ_ALL if queue_id is None else _DLQ_QUEUE,
+                                     params)
+        return sorted(int(r[0]) for r in result if r[0] is not None)
 
     async def get(self, executor: Executor, message_id: int) -> QueueMessage | None:
         """The live message with this id, or None."""
@@ -367,10 +429,12 @@ class MessageRepository(Repository):
                       queue_id: int | None) -> dict[int, dict[str, Any]]:
         """Per-queue counts in one snapshot: total, pending, leased, delayed, dead.
 
-        "Dead" uses each queue's own ``max_read_ct`` (joined from its row).
+        "Dead" uses each queue's own ``max_read_ct`` (joined from its row); "delayed"
+        includes messages parked behind their group's head.
         """
         exhausted = _m.c.read_ct >= _q.c.max_read_ct
-        visible = _m.c.vt <= _NOW
+        # A parked message waits for its group's head: "delayed", not "pending".
+        visible = and_(_m.c.vt <= _NOW, ~_m.c.parked)
 
         def count_if(cond: Any) -> Any:
             return func.count(case((cond, 1)))
@@ -389,3 +453,9 @@ class MessageRepository(Repository):
         if queue_id is not None:
             stmt = stmt.where(_m.c.queue_id == queue_id)
         return {r.queue_id: r._asdict() for r in await self._execute(executor, stmt)}
+
+
+def _cts(ids: Sequence[int], read_cts: Sequence[int] | None) -> builtins.list[int]:
+    if read_cts is None or len(read_cts) != len(ids):
+        raise ValueError("read_cts must name the delivery of every id")
+    return list(read_cts)

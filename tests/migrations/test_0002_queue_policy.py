@@ -98,14 +98,18 @@ async def sql(dsn: str, statement: str, *args: object) -> list[asyncpg.Record]:
         await conn.close()
 
 
+# Columns later revisions add (pgqrs_0003: message options); head has them too.
+LATER_COLUMNS = {"priority", "parked", "dedup_key", "group_key", "headers"}
+
+
 async def snapshot(dsn: str) -> dict[str, list[dict[str, Any]]]:
-    """Every row of the four tables; queues limited to their pgqrs_0001 columns."""
+    """Every row of the four tables, limited to their pgqrs_0001 columns."""
     out = {}
     for table in ("pgqrs_queues", "pgqrs_workers", "pgqrs_messages", "pgqrs_archive"):
         rows = [dict(r) for r in await sql(dsn, f"SELECT * FROM {table} ORDER BY id")]
         if table == "pgqrs_queues":
             rows = [{k: r[k] for k in OLD_QUEUE_COLUMNS} for r in rows]
-        out[table] = rows
+        out[table] = [{k: v for k, v in r.items() if k not in LATER_COLUMNS} for r in rows]
     return out
 
 
