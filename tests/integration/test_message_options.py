@@ -327,7 +327,7 @@ async def test_purge_clears_groups(dsn: str, admin: Admin, clients: Any) -> None
 
 
 async def test_metrics_count_parked_messages_as_delayed(admin: Admin, clients: Any) -> None:
-    producer, consumer = clients
+    producer, _ = clients
     await producer.enqueue_batch([{"n": i} for i in range(3)], group="g")
     metrics = await admin.queue_metrics("tasks")
     assert (metrics.pending_messages, metrics.delayed_messages) == (1, 2)
