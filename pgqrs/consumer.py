@@ -168,8 +168,8 @@ class Consumer(WorkerClient):
     async def archive_batch(self, messages: Sequence[int | QueueMessage]) -> list[bool]:
         """Archive held messages in one atomic statement; one bool per message, in order.
 
-        Messages of ordered groups take a short transaction instead, which also hands
-        their groups over to the next message.
+        Messages of ordered groups take a second statement, which also hands their groups
+        over to the next message.
         """
         return await self._acknowledge(messages, action="archive")
 
@@ -187,8 +187,8 @@ class Consumer(WorkerClient):
 
         Each message is fenced by its delivery (``read_ct``) as well as by this worker, so
         a consumer whose identity was taken over cannot settle what was delivered again
-        to the new owner. Ungrouped messages go in one autocommit statement, grouped ones
-        in one transaction (see ``repositories._groups``).
+        to the new owner. Ungrouped messages go in one statement, grouped ones in another
+        that also hands their groups over (see ``repositories._groups``).
         """
         named = [self._deliveries.named(m) for m in _validation.deliveries(messages)]
         if not named:
@@ -201,19 +201,17 @@ class Consumer(WorkerClient):
             if not part:
                 continue
             ids, read_cts = [i for i, _ in part], [r.read_ct for _, r in part]
-            if grouped:
-                async with self._db.transaction() as conn:
+            async with self._db.statement() as conn:
+                if grouped:
                     done |= await self._messages.leave(conn, worker_id=worker_id, ids=ids,
                                                        read_cts=read_cts, action=action)
-            else:
-                async with self._db.statement() as conn:
-                    if action == "delete":
-                        done |= await self._messages.delete(conn, worker_id=worker_id,
-                                                            ids=ids, read_cts=read_cts)
-                    else:
-                        done |= await self._messages.archive(
-                            conn, worker_id=worker_id, ids=ids, read_cts=read_cts,
-                            dead=action == "dead")
+                elif action == "delete":
+                    done |= await self._messages.delete(conn, worker_id=worker_id, ids=ids,
+                                                        read_cts=read_cts)
+                else:
+                    done |= await self._messages.archive(conn, worker_id=worker_id, ids=ids,
+                                                         read_cts=read_cts,
+                                                         dead=action == "dead")
         # Settled or lost (delivered again): either way this delivery is over.
         self._deliveries.forget(known)
         return [r is not None and r[0] in done for r in named]
@@ -258,7 +256,22 @@ class Consumer(WorkerClient):
         """Seconds until a delayed or leased message of this queue becomes claimable."""
         _, queue_id = await self._ids("dequeue", *_LIVE)
         async with self._db.statement() as conn:
+            # Idle: a good moment to hand over a group whose last remover died before it
+            # could (see repositories._groups); its next message is then due at once.
+            await self._messages.heal(conn, queue_id=queue_id)
             return await self._messages.seconds_until_due(conn, queue_id=queue_id)
+
+    async def heartbeat(self) -> None:
+        """Record a heartbeat now, and hand over this queue's ordered groups left waiting.
+
+        A group waits when the consumer that removed its head died before handing it
+        over (see ``repositories._groups``); the background heartbeat fixes that within
+        a heartbeat interval. One cheap statement, on an index that is nearly always empty.
+        """
+        await super().heartbeat()
+        if self._queue_id is not None:
+            async with self._db.statement() as conn:
+                await self._messages.heal(conn, queue_id=self._queue_id)
 
     async def held_count(self) -> int:
         """How many messages this consumer currently holds."""

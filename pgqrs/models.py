@@ -189,21 +189,29 @@ class Message(PgqrsBase):
 
 
 class Group(PgqrsBase):
-    """An ordered group with live messages: its lock, and how many live messages it has.
+    """An ordered group: its lock, how many live messages it has, whether it needs a head.
 
-    Every enqueue into the group and every removal of one of its messages locks this row,
-    which is what keeps "one head per group" true across processes. The row goes when its
-    last live message does.
+    Every enqueue into the group and every removal of one of its messages updates this
+    row, which is what keeps "one head per group" true across processes (see
+    ``pgqrs.repositories._groups``). A row left at ``live = 0`` is deleted a little later.
     """
 
     __tablename__ = "pgqrs_groups"
-    __table_args__ = (PrimaryKeyConstraint("queue_id", "group_key"),)
+    __table_args__ = (
+        PrimaryKeyConstraint("queue_id", "group_key"),
+        # The claim heals groups whose head left without a successor in sight.
+        Index("ix_pgqrs_groups_needs_head", "queue_id", postgresql_where=text("needs_head")),
+        # Acks delete rows of groups that emptied.
+        Index("ix_pgqrs_groups_empty", "queue_id", postgresql_where=text("live = 0")),
+    )
 
     queue_id: Mapped[int] = mapped_column(
         BigInteger, ForeignKey("pgqrs_queues.id", ondelete="CASCADE"), nullable=False
     )
     group_key: Mapped[str] = mapped_column(Text, nullable=False)
     live: Mapped[int] = mapped_column(Integer, nullable=False)
+    needs_head: Mapped[bool] = mapped_column(Boolean, nullable=False,
+                                             server_default=text("false"))
 
 
 class Archive(PgqrsBase):

@@ -1,23 +1,34 @@
 """Ordered groups: the statement shapes that put messages in and take them out.
 
-Of a group's live messages exactly one is claimable, its *head* (the oldest); the others
-are ``parked`` and kept out of the claim index. ``pgqrs_groups`` holds one row per group
-with live messages: its lock and its count of live messages (``live``).
+Of a group's live messages at most one is claimable, its *head* (the oldest); the others
+are ``parked`` and kept out of the claim index. ``pgqrs_groups`` holds one row per group:
+its lock, its count of live messages (``live``) and a ``needs_head`` flag.
 
 Entering (``entering``): one statement upserts the group rows of the new messages, which
-locks them and returns the latest committed count even outside the statement's snapshot
-(``ON CONFLICT DO UPDATE`` works on the newest row version), and inserts each message
-parked unless its group was empty and it is the group's first in the statement. Message
-ids are drawn after the group row is locked, so a group's id order is its order.
+locks them and returns the newest committed count even when the row changed after the
+statement's snapshot (``ON CONFLICT DO UPDATE`` works on the newest row version), and
+inserts each message parked unless its group was empty and it is the group's first in the
+statement. Message ids are drawn after the group row is locked, so a group's id order is
+its order.
 
-Leaving (``leaving``): a removed head must hand over to the next parked message, and that
-one may have been enqueued while the remover waited for the group lock: a statement's
-snapshot is taken *before* it waits, so it would not see it. Hence two statements in one
-transaction: ``lock_groups`` (``SELECT ... FOR UPDATE``, in key order so removers never
-deadlock), then, with a snapshot taken once the locks are held, ``leaving``: delete (or
-archive) the rows, count them out of their groups (a group's row goes with its last
-message) and unpark the lowest parked id of every group that lost its head. Released or
-expired heads stay heads: only leaving the live table hands over.
+Leaving (``leaving``): one statement removes the rows (deleted or archived), counts them
+out of their groups and unparks the lowest parked id of each group that lost its head. That
+id is read in the statement's snapshot, which is taken *before* the statement waits for a
+group row another transaction holds: an enqueue into the group that committed meanwhile
+(its message parked behind the head being removed) is not in it. The count is right all
+the same (the ``UPDATE`` of the group row sees the newest version), so the statement knows
+that messages are left and none was unparked: it sets ``needs_head`` and says so. The
+remover then runs ``heal`` (a new statement: its snapshot has the message), which unparks
+the lowest parked id of flagged groups. Should the remover die in between, the group waits
+for the next heal: every consumer of the queue runs one with its heartbeat and whenever
+it finds nothing to claim, and ``Admin.dlq()`` heals every queue. Released or expired heads
+stay heads: only
+leaving the live table hands a group over. Unparking only ever takes a group's lowest
+parked id, and a group with a head never gets ``needs_head``, so no group has two heads.
+
+A group row left at ``live = 0`` stays until a later removal in its queue deletes it
+(``leaving`` sweeps a few each time): an ``UPDATE`` and a ``DELETE`` of one row cannot share
+a statement, and the count must be an ``UPDATE`` to see the newest version.
 """
 
 from __future__ import annotations
@@ -25,7 +36,6 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import (
-    ARRAY,
     BigInteger,
     ColumnElement,
     Text,
@@ -40,7 +50,9 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    true,
     tuple_,
+    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -126,36 +138,16 @@ def notified(changed: CTE) -> Any:
     )
 
 
-_LOCK_QUEUES = bindparam("p_lock_queues", type_=ARRAY(BigInteger))
-_LOCK_GROUPS = bindparam("p_lock_groups", type_=ARRAY(Text))
-
-
-def lock_groups(members: Any) -> Any:
-    """``SELECT queue_id, group_key FROM pgqrs_groups ... FOR UPDATE`` in key order.
-
-    ``members`` selects ``(queue_id, group_key)`` of the messages about to leave.
-    """
-    return (
-        select(_g.c.queue_id, _g.c.group_key)
-        .where(tuple_(_g.c.queue_id, _g.c.group_key).in_(members))
-        .order_by(_g.c.queue_id, _g.c.group_key)
-        .with_for_update()
-    )
-
-
-def in_locked_groups() -> ColumnElement[bool]:
-    """The message is ungrouped or in a group passed as ``p_lock_queues/p_lock_groups``."""
-    locked = select(func.unnest(_LOCK_QUEUES), func.unnest(_LOCK_GROUPS))
-    return or_(_m.c.group_key.is_(None),
-               tuple_(_m.c.queue_id, _m.c.group_key).in_(locked))
+_SWEEP = 8
+"""Empty group rows a removal deletes along the way; flagged groups a claim heals."""
 
 
 def leaving(where: ColumnElement[bool], *, archive: bool, dead: bool = False) -> Any:
     """Remove the live rows matching ``where`` (archived, or deleted), groups kept right.
 
-    Run it after ``lock_groups`` locked the groups of the rows, in the same transaction.
-    Returns ``SELECT id`` of the removed rows (the original ids), NOTIFYing the queues of
-    the messages it unparked (rows with a NULL id).
+    Returns ``SELECT id, notified, flagged``: the removed rows (their original ids), then
+    rows with a NULL id that NOTIFY the queues of the groups it unparked, and one with
+    ``flagged`` per group it could not hand over (run ``heal`` next).
     """
     moved = delete(_m).where(where).returning(*_m.c).cte("moved")
     if archive:
@@ -177,6 +169,10 @@ def leaving(where: ColumnElement[bool], *, archive: bool, dead: bool = False) ->
         .group_by(moved.c.queue_id, moved.c.group_key)
         .cte("gone")
     )
+    same = and_(_g.c.queue_id == gone.c.queue_id, _g.c.group_key == gone.c.group_key)
+    # The group rows, locked in key order: removals of several groups never deadlock.
+    locked = (select(_g.c.queue_id, _g.c.group_key).where(same)
+              .order_by(_g.c.queue_id, _g.c.group_key).with_for_update().cte("locked"))
     successor = (
         select(func.min(_m.c.id))
         .where(_m.c.queue_id == gone.c.queue_id, _m.c.group_key == gone.c.group_key,
@@ -185,21 +181,62 @@ def leaving(where: ColumnElement[bool], *, archive: bool, dead: bool = False) ->
     )
     unparked = (
         update(_m)
-        .where(_m.c.id.in_(select(successor).where(gone.c.head)))
+        .where(_m.c.id.in_(select(successor).where(gone.c.head)), _m.c.parked)
         .values(parked=False)
-        .returning(_m.c.queue_id)
+        .returning(_m.c.queue_id, _m.c.group_key)
         .cte("unparked")
     )
-    same_group = and_(_g.c.queue_id == gone.c.queue_id, _g.c.group_key == gone.c.group_key)
-    counted = (update(_g).where(same_group, _g.c.live > gone.c.n)
-               .values(live=_g.c.live - gone.c.n).returning(_g.c.queue_id).cte("counted"))
-    emptied = (delete(_g).where(same_group, _g.c.live <= gone.c.n)
-               .returning(_g.c.queue_id).cte("emptied"))
-    return (
-        select(done.c.id, null().label("notified"))
-        .union_all(select(null(), func.pg_notify(CHANNEL, cast(unparked.c.queue_id, Text))))
-        .add_cte(counted, emptied)
+    left = _g.c.live - gone.c.n
+    handed_over = select(unparked.c.group_key).where(
+        unparked.c.queue_id == _g.c.queue_id, unparked.c.group_key == _g.c.group_key).exists()
+    counted = (
+        update(_g)
+        .where(same, tuple_(_g.c.queue_id, _g.c.group_key).in_(select(*locked.c)))
+        .values(live=left,
+                needs_head=and_(left > 0, or_(and_(gone.c.head, ~handed_over),
+                                              and_(~gone.c.head, _g.c.needs_head))))
+        .returning(_g.c.queue_id, _g.c.needs_head)
+        .cte("counted")
     )
+    empty = (
+        select(_g.c.queue_id, _g.c.group_key)
+        .where(_g.c.queue_id.in_(select(gone.c.queue_id)), _g.c.live == 0,
+               tuple_(_g.c.queue_id, _g.c.group_key).not_in(
+                   select(gone.c.queue_id, gone.c.group_key)))
+        .limit(_SWEEP)
+        .with_for_update(skip_locked=True)
+    )
+    swept = (delete(_g).where(tuple_(_g.c.queue_id, _g.c.group_key).in_(empty))
+             .returning(_g.c.queue_id).cte("swept"))
+    return union_all(
+        select(done.c.id, null().label("notified"), false().label("flagged")),
+        select(null(), func.pg_notify(CHANNEL, cast(unparked.c.queue_id, Text)), false()),
+        select(null(), null(), true()).where(counted.c.needs_head),
+    ).add_cte(swept)
+
+
+def heal(queue: Any) -> Any:
+    """Unpark the next message of ``queue``'s flagged groups (all queues' if it is NULL).
+
+    Skips group rows another transaction holds (a later heal takes them), so it never
+    waits. Returns ``SELECT notified``, one NOTIFY per group handed over.
+    """
+    flagged = (select(_g.c.queue_id, _g.c.group_key)
+               .where(or_(_g.c.queue_id == queue, queue.is_(None)), _g.c.needs_head)
+               .order_by(_g.c.queue_id, _g.c.group_key).limit(_SWEEP)
+               .with_for_update(skip_locked=True).cte("flagged"))
+    head = (select(func.min(_m.c.id))
+            .where(_m.c.queue_id == flagged.c.queue_id, _m.c.group_key == flagged.c.group_key,
+                   _m.c.parked)
+            .scalar_subquery())
+    healed = (update(_m).where(_m.c.id.in_(select(head).select_from(flagged)), _m.c.parked)
+              .values(parked=False)
+              .returning(_m.c.queue_id, _m.c.group_key).cte("healed"))
+    cleared = (update(_g)
+               .where(_g.c.queue_id == healed.c.queue_id, _g.c.group_key == healed.c.group_key)
+               .values(needs_head=False).returning(_g.c.queue_id).cte("cleared"))
+    return (select(func.pg_notify(CHANNEL, cast(healed.c.queue_id, Text)).label("notified"))
+            .add_cte(cleared))
 
 
 _QUEUE = bindparam("p_queue_id", type_=BigInteger)

@@ -185,12 +185,8 @@ def _archive_statement(where: ColumnElement[bool], *, dead: bool) -> Any:
 _ARCHIVE = Statement(_archive_statement(_UNGROUPED, dead=False))
 _ARCHIVE_DEAD = Statement(_archive_statement(_UNGROUPED, dead=True))
 
-# Removals that may touch grouped rows: lock the groups, then leave (see _groups).
-_LOCK_HELD = Statement(_groups.lock_groups(
-    select(_m.c.queue_id, _m.c.group_key).where(_HELD, _m.c.group_key.is_not(None))))
-_LOCK_ANY = Statement(_groups.lock_groups(
-    select(_m.c.queue_id, _m.c.group_key)
-    .where(_m.c.id == any_(_IDS), _m.c.group_key.is_not(None))))
+# Removals that may touch grouped rows, which hand their groups over (see _groups).
+_HEAL = Statement(_groups.heal(bindparam("p_heal_queue", type_=BigInteger)))
 _LEAVE = {
     ("archive", True): Statement(_groups.leaving(_HELD, archive=True)),
     ("dead", True): Statement(_groups.leaving(_HELD, archive=True, dead=True)),
@@ -203,21 +199,8 @@ _LEAVE = {
 # message measured against its queue's threshold.
 _DEAD_ANY_QUEUE = and_(_m.c.queue_id == _q.c.id, _m.c.read_ct >= _q.c.max_read_ct,
                        _m.c.vt <= _NOW)
-_DEAD_IN_QUEUE = and_(_DEAD_ANY_QUEUE, _m.c.queue_id == _QUEUE)
-
-
-def _dead_groups(where: ColumnElement[bool]) -> Any:
-    members = (select(_m.c.queue_id, _m.c.group_key).select_from(_m.join(_q, _q.c.id ==
-                                                                            _m.c.queue_id))
-               .where(where, _m.c.group_key.is_not(None)))
-    return _groups.lock_groups(members)
-
-
-_LOCK_DEAD_ALL = _dead_groups(_DEAD_ANY_QUEUE)
-_LOCK_DEAD_QUEUE = _dead_groups(_DEAD_IN_QUEUE)
-_DLQ_ALL = _groups.leaving(and_(_DEAD_ANY_QUEUE, _groups.in_locked_groups()), archive=True,
-                           dead=True)
-_DLQ_QUEUE = _groups.leaving(and_(_DEAD_IN_QUEUE, _groups.in_locked_groups()), archive=True,
+_DLQ_ALL = _groups.leaving(_DEAD_ANY_QUEUE, archive=True, dead=True)
+_DLQ_QUEUE = _groups.leaving(and_(_DEAD_ANY_QUEUE, _m.c.queue_id == _QUEUE), archive=True,
                              dead=True)
 
 
@@ -315,9 +298,9 @@ class MessageRepository(_enqueue.Enqueuing):
         """Move messages to the archive (``dead`` marks dead letters); return the moved ids.
 
         With a ``worker_id``, only the deliveries it holds (``read_cts``, parallel to
-        ``ids``) of ungrouped messages move, in one statement: the lease fence. ``None`` is
-        the operator's override: whoever holds them, grouped or not, through ``leave``
-        (so ``executor`` must then be in a transaction).
+        ``ids``) of *ungrouped* messages move: the lease fence, on the leanest statement
+        (grouped ones go through ``leave``). ``None`` is the operator's override: whoever
+        holds them, grouped or not.
         """
         if worker_id is None:
             return await self.leave(executor, worker_id=None, ids=ids, action="archive")
@@ -338,19 +321,26 @@ class MessageRepository(_enqueue.Enqueuing):
                     action: str, read_cts: Sequence[int] | None = None) -> set[int]:
         """Archive (``"archive"``, ``"dead"``) or ``"delete"`` messages, grouped or not.
 
-        Two statements that must share one transaction (see ``_groups``): lock the groups
-        of the messages, then remove them, handing each group over to its next message.
-        With a ``worker_id`` only its deliveries ``read_cts`` are taken (the fence).
+        One statement that also hands each group that loses its head over to its next
+        message (see ``_groups``). With a ``worker_id`` only its deliveries ``read_cts``
+        are taken (the fence).
         """
         params: dict[str, Any] = {"p_ids": list(ids), "p_channel": self.channel}
-        if worker_id is None:
-            lock = _LOCK_ANY
-        else:
-            lock = _LOCK_HELD
+        if worker_id is not None:
             params.update(p_worker_id=worker_id, p_read_cts=_cts(ids, read_cts))
-        await self._rows(executor, lock, params)
         rows = await self._rows(executor, _LEAVE[action, worker_id is not None], params)
+        if any(r["flagged"] for r in rows):
+            await self.heal(executor)
         return {int(r["id"]) for r in rows if r["id"] is not None}
+
+    async def heal(self, executor: Executor, *, queue_id: int | None = None) -> int:
+        """Hand over groups whose head left without a successor in sight (see ``_groups``).
+
+        Of one queue, or of all; never waits for a lock. Returns how many were handed over.
+        """
+        rows = await self._rows(executor, _HEAL, {"p_heal_queue": queue_id,
+                                                  "p_channel": self.channel})
+        return len(rows)
 
     async def extend(self, executor: Executor, *, worker_id: int, message_id: int,
                      read_ct: int, seconds: float) -> bool:
@@ -381,20 +371,17 @@ class MessageRepository(_enqueue.Enqueuing):
                                 queue_id: int | None) -> builtins.list[int]:
         """Archive exhausted messages whose lease is over, marked dead; return their ids.
 
-        Each message is measured against its own queue's ``max_read_ct``, whoever asks.
-        A dead group head hands over to the next message of its group, so ``executor``
-        must be in a transaction (the groups are locked first).
+        Each message is measured against its own queue's ``max_read_ct``, whoever asks. A
+        dead group head hands its group over to the next message.
         """
         params: dict[str, Any] = {"p_channel": self.channel}
         if queue_id is not None:
             params["p_queue_id"] = queue_id
-        locked = (await self._execute(
-            executor, _LOCK_DEAD_ALL if queue_id is None else _LOCK_DEAD_QUEUE, params)).all()
-        params.update(p_lock_queues=[r.queue_id for r in locked],
-                      p_lock_groups=[r.group_key for r in locked])
         result = await self._execute(executor, _DLQ_ALL if queue_id is None else _DLQ_QUEUE,
                                      params)
-        return sorted(int(r[0]) for r in result if r[0] is not None)
+        moved = sorted(int(r[0]) for r in result if r[0] is not None)
+        await self.heal(executor, queue_id=queue_id)  # and any group left waiting
+        return moved
 
     async def get(self, executor: Executor, message_id: int) -> QueueMessage | None:
         """The live message with this id, or None."""

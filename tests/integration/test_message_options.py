@@ -23,6 +23,7 @@ from pgqrs import (
     QueueMessage,
     ValidationError,
 )
+from pgqrs.repositories import MessageRepository
 
 
 async def sql(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
@@ -34,16 +35,28 @@ async def sql(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
 
 
 async def group_invariant(dsn: str) -> None:
-    """One head per group with live messages; the counts in pgqrs_groups are right."""
-    heads = await sql(dsn, "SELECT queue_id, group_key, count(*) FILTER (WHERE NOT parked) "
-                           "AS heads, count(*) AS live FROM pgqrs_messages WHERE group_key "
-                           "IS NOT NULL GROUP BY 1, 2")
-    rows = await sql(dsn, "SELECT queue_id, group_key, live FROM pgqrs_groups")
-    assert all(r["heads"] == 1 for r in heads), [dict(r) for r in heads]
-    assert {(r["queue_id"], r["group_key"], r["live"]) for r in heads} == \
-           {(r["queue_id"], r["group_key"], r["live"]) for r in rows}
+    """At most one head per group; the counts in pgqrs_groups are right; a group without a
+    head says it needs one (the next claim unparks it)."""
+    groups = await sql(dsn, """
+        SELECT g.queue_id, g.group_key, g.live, g.needs_head,
+               count(m.id) AS actual, count(m.id) FILTER (WHERE NOT m.parked) AS heads
+        FROM pgqrs_groups g LEFT JOIN pgqrs_messages m
+          ON m.queue_id = g.queue_id AND m.group_key = g.group_key
+        GROUP BY 1, 2, 3, 4""")
+    for g in groups:
+        assert g["live"] == g["actual"], dict(g)
+        assert g["heads"] == (0 if g["needs_head"] or not g["live"] else 1), dict(g)
+    orphans = await sql(dsn, "SELECT m.id FROM pgqrs_messages m WHERE m.group_key IS NOT NULL "
+                             "AND NOT EXISTS (SELECT 1 FROM pgqrs_groups g WHERE g.queue_id = "
+                             "m.queue_id AND g.group_key = m.group_key)")
+    assert orphans == []
     stray = await sql(dsn, "SELECT id FROM pgqrs_messages WHERE parked AND group_key IS NULL")
     assert stray == []
+
+
+async def live_groups(dsn: str) -> dict[str, int]:
+    rows = await sql(dsn, "SELECT group_key, live FROM pgqrs_groups WHERE live > 0")
+    return {r["group_key"]: r["live"] for r in rows}
 
 
 @pytest.fixture
@@ -219,7 +232,7 @@ async def test_group_delivers_in_order_one_at_a_time(dsn: str, clients: Any) -> 
     assert await consumer.delete(a2)
     assert [m.id for m in await consumer.dequeue(10)] == [a3]
     assert await consumer.archive_batch([a3, b1, free]) == [True] * 3
-    assert await sql(dsn, "SELECT * FROM pgqrs_groups") == []
+    assert await live_groups(dsn) == {}
 
 
 async def test_a_delayed_head_holds_its_group_back(clients: Any) -> None:
@@ -264,15 +277,13 @@ async def test_grouped_messages_with_keys_count_once(dsn: str, clients: Any) -> 
     ])
     assert ids[1] == first and ids[3] == ids[2]
     await group_invariant(dsn)
-    lives = {r["group_key"]: r["live"] for r in await sql(dsn, "SELECT * FROM pgqrs_groups")}
-    assert lives == {"g": 2, "new": 2}
+    assert await live_groups(dsn) == {"g": 2, "new": 2}
     got = await consumer.dequeue(10)
     assert sorted(m.id for m in got) == sorted([first, ids[2], ids[5]])
     # A batch whose keys are all held leaves the groups as they were.
     assert await producer.enqueue_batch([NewMessage({}, group="g", dedup_key="k2")]) == \
            [ids[0]]
-    lives = {r["group_key"]: r["live"] for r in await sql(dsn, "SELECT * FROM pgqrs_groups")}
-    assert lives == {"g": 2, "new": 2}
+    assert await live_groups(dsn) == {"g": 2, "new": 2}
     assert await consumer.archive_batch(got) == [True] * 3
 
 
@@ -292,7 +303,7 @@ async def test_dead_letters_and_operators_hand_groups_over(dsn: str, admin: Admi
     assert await messages.delete(a[3])  # a parked one: the head stays
     await group_invariant(dsn)
     assert await messages.archive(a[2])  # the head itself
-    assert await sql(dsn, "SELECT * FROM pgqrs_groups") == []
+    assert await live_groups(dsn) == {}
     archive = await admin.get_archive()
     dead = [r for r in await archive.list() if r.dead_letter]
     assert [d.original_msg_id for d in dead] == a[:2] and {d.group for d in dead} == {"a"}
@@ -331,6 +342,94 @@ async def test_metrics_count_parked_messages_as_delayed(admin: Admin, clients: A
     await producer.enqueue_batch([{"n": i} for i in range(3)], group="g")
     metrics = await admin.queue_metrics("tasks")
     assert (metrics.pending_messages, metrics.delayed_messages) == (1, 2)
+
+
+async def test_a_head_leaving_while_its_group_grows_still_hands_over(
+        dsn: str, clients: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race ``needs_head`` is for: a message enqueued into the group (in an open
+    transaction) while the head's ack waits for the group's row. The ack's snapshot
+    predates the new message, so it cannot unpark it: it flags the group, and its ``heal``
+    (a new statement) hands the group over."""
+    producer, consumer = clients
+    healed: list[int] = []
+    real_heal = MessageRepository.heal
+
+    async def spy(self: MessageRepository, *args: Any, **kwargs: Any) -> int:
+        healed.append(await real_heal(self, *args, **kwargs))
+        return healed[-1]
+
+    monkeypatch.setattr(MessageRepository, "heal", spy)
+    head = await producer.enqueue({"n": "head"}, group="g")
+    (claimed,) = await consumer.dequeue(1)
+    engine = create_async_engine(dsn.replace("postgresql://", "postgresql+asyncpg://", 1))
+    try:
+        async with AsyncSession(engine) as session:
+            await session.begin()
+            late = await producer.enqueue({"n": "late"}, group="g", session=session)
+            ack = asyncio.create_task(consumer.archive(claimed))
+            await asyncio.sleep(0.5)
+            assert not ack.done()  # waits for the group row the open transaction holds
+            await session.commit()
+        assert await ack and claimed.id == head
+    finally:
+        await engine.dispose()
+    assert healed == [1]  # handed over by the heal, not by the ack's own statement
+    flags = await sql(dsn, "SELECT live, needs_head FROM pgqrs_groups WHERE group_key = 'g'")
+    assert [tuple(r) for r in flags] == [(1, False)]
+    await group_invariant(dsn)
+    assert [m.id for m in await consumer.dequeue(1)] == [late]
+
+
+async def leave_waiting(dsn: str, group: str) -> None:
+    """The state a remover leaves when it dies between its statement and its heal."""
+    await sql(dsn, f"""
+        WITH gone AS (DELETE FROM pgqrs_messages WHERE group_key = '{group}' AND NOT parked
+                      RETURNING queue_id)
+        UPDATE pgqrs_groups SET live = live - 1, needs_head = true
+        WHERE group_key = '{group}'""")
+
+
+async def test_groups_left_waiting_by_a_dead_remover_are_handed_over(
+        dsn: str, admin: Admin, clients: Any) -> None:
+    producer, consumer = clients
+    ids = await producer.enqueue_batch([{"n": i} for i in range(4)], group="g")
+    await leave_waiting(dsn, "g")
+    await group_invariant(dsn)
+    assert await consumer.dequeue(5) == []
+    # An idle consumer (nothing to claim) heals as it waits.
+    got = await consumer.dequeue(5, wait=3)
+    assert [m.id for m in got] == [ids[1]]
+    await sql(dsn, "UPDATE pgqrs_messages SET vt = now() + interval '1 day' WHERE id = $1",
+              ids[1])
+    await leave_waiting(dsn, "g")
+    await consumer.heartbeat()  # so does every heartbeat
+    assert [m.id for m in await consumer.dequeue(5)] == [ids[2]]
+    await leave_waiting(dsn, "g")
+    await admin.dlq()  # and the maintenance call
+    assert [m.id for m in await consumer.dequeue(5)] == [ids[3]]
+
+
+async def test_a_waiting_consumer_is_woken_to_hand_a_group_over(dsn: str, queue: str) -> None:
+    async with Producer(dsn, queue, "p", 1) as producer, \
+            Consumer(dsn, queue, "a", 2) as a, Consumer(dsn, queue, "b", 3) as b:
+        await producer.enqueue({"n": 1}, group="g")
+        (head,) = await a.dequeue(1)
+        engine = create_async_engine(dsn.replace("postgresql://", "postgresql+asyncpg://", 1))
+        try:
+            async with AsyncSession(engine) as session:
+                await session.begin()
+                late = await producer.enqueue({"n": 2}, group="g", session=session)
+                ack = asyncio.create_task(a.archive(head))
+                await asyncio.sleep(0.3)
+                waiting = asyncio.create_task(b.dequeue(wait=10))
+                await asyncio.sleep(0.3)
+                await session.commit()
+            assert await ack
+            got = await asyncio.wait_for(waiting, 5)  # woken by the ack's NOTIFY
+            assert [m.id for m in got] == [late]
+            assert await b.archive(got[0])
+        finally:
+            await engine.dispose()
 
 
 # -- the fence per delivery ------------------------------------------------------------------

@@ -40,7 +40,7 @@ RELEASED = [
     ("pgqrs_0002_queue_policy.py",
      "507e0bf682f3d9c06d11799721b1d9b91391962bee8b1df30105d41d3e175eee"),
     ("pgqrs_0003_message_options.py",
-     "22f1b4f009f990b29e3d7a0e3ed16e404c9b8af159f6d53f50b1c5d876a0c14c"),
+     "f9cf2406db955aa665e5680dcd12eba94ba0f47a11ea2ebc48707e6f3ee4c57e"),
 ]
 
 POLICY_DEFAULTS = {"max_read_ct": 5, "visibility_timeout": timedelta(seconds=30),

@@ -33,6 +33,11 @@ from .support import read_records, scalar, sql
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "options_proc.py"
 TOLERANCE = 0.001  # server timestamps are whole microseconds
+CLAIM_LAG = 0.010
+"""``dequeued_at`` is the claim's ``now()``: when its transaction *started*, which comes a
+moment before the snapshot that saw the previous message archived. On a busy machine that
+moment can reach milliseconds; two messages of a group leased at once would overlap by a
+handler's run (tens of milliseconds here). The server-side sampling has no such slack."""
 
 
 class Spawner:
@@ -151,10 +156,18 @@ async def test_killed_consumers_never_hold_two_messages_of_a_group(
     for proc in consumers:
         await spawner.wait_line(proc, "READY")
 
-    def busy() -> list[subprocess.Popen[bytes]]:
-        """Running consumers that have started handling messages (they hold some)."""
-        return [p for p, out in spawner.running if p in consumers and p.poll() is None
-                and any(r["k"] == "d" for r in read_records(out))]
+    async def holder() -> subprocess.Popen[bytes] | None:
+        """The running consumer that holds the most leases right now (server's view)."""
+        leases = {r["w"]: r["n"] for r in await sql(
+            dsn, "SELECT consumer_worker_id AS w, count(*) AS n FROM pgqrs_messages "
+                 "WHERE vt > now() AND consumer_worker_id IS NOT NULL GROUP BY 1")}
+        ranked = []
+        for proc, out in spawner.running:
+            workers = {r["w"] for r in read_records(out) if r["k"] == "d"}
+            if proc in consumers and proc.poll() is None and workers:
+                ranked.append((leases.get(workers.pop(), 0), proc.pid, proc))
+        best = max(ranked, default=None, key=lambda t: t[:2])
+        return best[2] if best is not None and best[0] > 0 else None
 
     samples, violations = 0, []
     kills = 0
@@ -173,15 +186,14 @@ async def test_killed_consumers_never_hold_two_messages_of_a_group(
             """)
         samples += 1
         violations += [dict(r) for r in bad]
-        if kills < 4 and time.monotonic() >= next_kill and busy():
-            victim = rng.choice(busy())
+        victim = await holder() if kills < 4 and time.monotonic() >= next_kill else None
+        if victim is not None:
             os.kill(victim.pid, signal.SIGKILL)  # mid-handler, holding group heads
             consumers.append(consumer())
             kills += 1
             next_kill = time.monotonic() + rng.uniform(0.5, 1.5)
         produced_all = all(p.poll() is not None for p in producers)
-        if produced_all and kills == 4 and not await scalar(
-                dsn, "SELECT count(*) FROM pgqrs_messages"):
+        if produced_all and not await scalar(dsn, "SELECT count(*) FROM pgqrs_messages"):
             break
         await asyncio.sleep(0.02)
     for proc in producers:
@@ -192,6 +204,7 @@ async def test_killed_consumers_never_hold_two_messages_of_a_group(
             assert await spawner.wait(proc) == 0, spawner.log(proc)
     elapsed = time.monotonic() - began
     assert violations == [], violations[:5]
+    assert kills >= 2, kills
 
     records = spawner.records()
     produced = [i for r in records if r["k"] == "batch" for i in r["ids"]]
@@ -210,7 +223,8 @@ async def test_killed_consumers_never_hold_two_messages_of_a_group(
         rows.sort(key=lambda r: r["m"])
         assert [r["n"] for r in rows] == list(range(PER_GROUP))
         for prev, nxt in itertools.pairwise(rows):
-            assert nxt["s"] >= prev["a"] - TOLERANCE, (prev, nxt)
+            assert nxt["a"] > prev["a"], (prev, nxt)  # archived in order
+            assert nxt["s"] >= prev["a"] - CLAIM_LAG, (prev, nxt)
     # From the consumers' records (killed ones included): a delivery of the next message
     # of a group began only after the previous message was archived; a redelivery of the
     # same message only after its previous lease ended.
@@ -227,7 +241,7 @@ async def test_killed_consumers_never_hold_two_messages_of_a_group(
                 redelivered += 1
                 assert nxt["s"] >= prev["v"] - TOLERANCE, (prev, nxt)
             else:
-                assert nxt["s"] >= archived_at[prev["m"]] - TOLERANCE, (prev, nxt)
+                assert nxt["s"] >= archived_at[prev["m"]] - CLAIM_LAG, (prev, nxt)
     second = sum(1 for r in records if r["k"] == "d" and r["o"] == "start" and r["r"] > 1)
     assert redelivered > 0 and second > 0  # the kills did leave leased heads behind
     print(f"\ngroups: messages={expected} groups={len(by_group)} kills={kills} "

@@ -6,7 +6,7 @@ Create Date: 2026-12-05
 
 Adds ``priority``, ``parked``, ``dedup_key``, ``group_key`` and ``headers`` to
 ``pgqrs_messages`` (and all but ``parked`` to ``pgqrs_archive``), the table ``pgqrs_groups``
-(one row per ordered group with live messages: its lock and counter), and three indexes on
+(one row per ordered group: its lock, counter and "needs a head" flag), and three indexes on
 ``pgqrs_messages``: the claim order, one live message per dedup key, and the parked
 messages behind each group head. Written to run while producers and consumers keep working
 (see "How to write a pgqrs migration" in docs/guides/alembic.md):
@@ -100,7 +100,8 @@ def upgrade() -> None:
         op.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
         for statement in _column_statements(quoted):
             op.execute(statement)
-        op.execute(_groups_statement(quoted))
+        for statement in _groups_statements(quoted):
+            op.execute(statement)
         for name, unique, definition in _INDEXES:
             op.execute(_index_statement(quoted, name, unique, definition, concurrently=False))
         return
@@ -111,7 +112,8 @@ def upgrade() -> None:
             if _missing_columns(bind, schema, table, columns):
                 bind.execute(sa.text(_add_columns(quoted, table, columns)))
         if not _exists(bind, schema, _GROUPS):
-            bind.execute(sa.text(_groups_statement(quoted)))
+            for statement in _groups_statements(quoted):
+                bind.execute(sa.text(statement))
 
     retry_on_lock_timeout(bind, add_columns_and_table)
     missing = [index for index in _INDEXES if _index_state(bind, schema, index[0]) != "valid"]
@@ -156,7 +158,8 @@ def prepare_online(connection: sa.Connection, schema: str) -> None:
         for table, columns in ((_MESSAGES, _MESSAGE_COLUMNS), (_ARCHIVE, _ARCHIVE_COLUMNS)):
             if _missing_columns(connection, schema, table, columns):
                 _retry_autocommit(connection, _add_columns(quoted, table, columns))
-        _retry_autocommit(connection, _groups_statement(quoted))
+        for statement in _groups_statements(quoted):
+            _retry_autocommit(connection, statement)
     finally:
         # A concurrent build waits for older transactions (it blocks no one meanwhile), so
         # it must not give up after LOCK_TIMEOUT like the ALTERs above.
@@ -203,12 +206,20 @@ def _column_statements(quoted: str) -> list[str]:
             _add_columns(quoted, _ARCHIVE, _ARCHIVE_COLUMNS)]
 
 
-def _groups_statement(quoted: str) -> str:
-    return (f"CREATE TABLE IF NOT EXISTS {quoted}.{_GROUPS} ("
-            "queue_id BIGINT NOT NULL, group_key TEXT NOT NULL, live INTEGER NOT NULL, "
-            "CONSTRAINT pk_pgqrs_groups PRIMARY KEY (queue_id, group_key), "
-            "CONSTRAINT fk_pgqrs_groups_queue_id_pgqrs_queues FOREIGN KEY (queue_id) "
-            f"REFERENCES {quoted}.pgqrs_queues (id) ON DELETE CASCADE)")
+def _groups_statements(quoted: str) -> list[str]:
+    """The new (hence empty) groups table and its indexes."""
+    return [
+        f"CREATE TABLE IF NOT EXISTS {quoted}.{_GROUPS} ("
+        "queue_id BIGINT NOT NULL, group_key TEXT NOT NULL, live INTEGER NOT NULL, "
+        "needs_head BOOLEAN DEFAULT false NOT NULL, "
+        "CONSTRAINT pk_pgqrs_groups PRIMARY KEY (queue_id, group_key), "
+        "CONSTRAINT fk_pgqrs_groups_queue_id_pgqrs_queues FOREIGN KEY (queue_id) "
+        f"REFERENCES {quoted}.pgqrs_queues (id) ON DELETE CASCADE)",
+        f"CREATE INDEX IF NOT EXISTS ix_pgqrs_groups_needs_head ON {quoted}.{_GROUPS} "
+        "(queue_id) WHERE needs_head",
+        f"CREATE INDEX IF NOT EXISTS ix_pgqrs_groups_empty ON {quoted}.{_GROUPS} "
+        "(queue_id) WHERE live = 0",
+    ]
 
 
 def _index_statement(quoted: str, name: str, unique: bool, definition: str, *,
