@@ -195,23 +195,10 @@ class Consumer(WorkerClient):
             return []
         worker_id, _ = await self._ids("acknowledge messages", *_LIVE)
         known = [r for r in named if r is not None]
-        done: set[int] = set()
-        for grouped in (False, True):
-            part = [(i, r) for i, r in known if r.grouped is grouped]
-            if not part:
-                continue
-            ids, read_cts = [i for i, _ in part], [r.read_ct for _, r in part]
-            async with self._db.statement() as conn:
-                if grouped:
-                    done |= await self._messages.leave(conn, worker_id=worker_id, ids=ids,
-                                                       read_cts=read_cts, action=action)
-                elif action == "delete":
-                    done |= await self._messages.delete(conn, worker_id=worker_id, ids=ids,
-                                                        read_cts=read_cts)
-                else:
-                    done |= await self._messages.archive(conn, worker_id=worker_id, ids=ids,
-                                                         read_cts=read_cts,
-                                                         dead=action == "dead")
+        async with self._db.statement() as conn:
+            done = await self._messages.settle(
+                conn, worker_id=worker_id, action=action,
+                deliveries=[(i, r.read_ct, r.grouped) for i, r in known])
         # Settled or lost (delivered again): either way this delivery is over.
         self._deliveries.forget(known)
         return [r is not None and r[0] in done for r in named]

@@ -1,4 +1,7 @@
-"""Statements on ``pgqrs_messages``: enqueue, the SKIP LOCKED claim, acks and counts.
+"""Statements on ``pgqrs_messages``: acks fenced per delivery, releases, reads, counts.
+
+Enqueues live in ``_enqueue``, the claim in ``_claim``, and what ordered groups add to
+removals in ``_groups``; ``MessageRepository`` runs them all.
 
 Every statement is built once at import; the schema map is applied per execution, so
 SQLAlchemy's compiled cache serves them all after first use. The hot-path ones are
@@ -31,19 +34,17 @@ from sqlalchemy import (
     insert,
     literal_column,
     select,
-    true,
     update,
 )
 from sqlalchemy.sql.elements import Grouping
 
-from pgqrs.models import archive_table, messages_table, queues_table, workers_table
-from pgqrs.repositories import _enqueue, _groups
+from pgqrs.models import archive_table, messages_table, queues_table
+from pgqrs.repositories import _claim, _enqueue, _groups
 from pgqrs.repositories._base import Executor, Statement
-from pgqrs.types import ArchivedMessage, QueueMessage, WorkerStatus
+from pgqrs.types import ArchivedMessage, QueueMessage
 
 _m = messages_table
 _a = archive_table
-_w = workers_table
 _q = queues_table
 
 _NOW = func.now()
@@ -72,69 +73,11 @@ def notifying(statement: Any) -> Any:
 _ENQUEUE = _enqueue.ENQUEUE
 _ENQUEUE_BATCH = _enqueue.ENQUEUE_BATCH
 
-# The claim, per priority level from the highest: the oldest visible messages of a level,
-# then the next level. ``levels`` walks the distinct priorities of the queue's claimable
-# (unparked) rows, one index probe each, lazily: a claim served by the top level never
-# looks further. Within a level the index is ordered by vt, so every visible row comes
-# before every delayed or leased one (vt in the future): LIMIT stops before reaching them,
-# and a level with nothing visible costs one probe. (One ORDER BY priority DESC, vt over
-# the whole index would walk the invisible rows of every level above the first visible
-# one; PostgreSQL 18's skip scan avoids that too, but 10-17 would walk.)
-# Paused queue and the worker's status are one-time checks on the anchor: nothing is
-# scanned while the queue is paused or the worker is not ready. The threshold comes from
-# the queue row in this very statement, so a policy change reaches running consumers on
-# their next claim.
-_queue_row = _q.c.id == _QUEUE
-_open = and_(_m.c.queue_id == _QUEUE, ~_m.c.parked)
+# The claim and "when is the next message due" live in _claim; the names here are the
+# ones the plan tests and the benchmarks' floor look up.
+_DEQUEUE = _claim.DEQUEUE
+_NEXT_DUE = _claim.NEXT_DUE
 
-
-def _levels(name: str, *checks: ColumnElement[bool]) -> Any:
-    top = (select(_m.c.priority.label("p")).where(_open, *checks)
-           .order_by(_m.c.priority.desc()).limit(1).cte(name, recursive=True))
-    below = (select(_m.c.priority).where(_open, _m.c.priority < top.c.p)
-             .order_by(_m.c.priority.desc()).limit(1).scalar_subquery())
-    return top.union_all(select(below).where(top.c.p.is_not(None)))
-
-
-_MAX_READ_CT = select(_q.c.max_read_ct).where(_queue_row).scalar_subquery()
-_claim_levels = _levels(
-    "levels",
-    select(_q.c.id).where(_queue_row, _q.c.paused.is_(False)).exists(),
-    select(_w.c.id).where(_w.c.id == _WORKER, _w.c.status == WorkerStatus.READY).exists(),
-)
-_LIMIT = bindparam("p_limit", type_=Integer)
-_picked = (
-    select(_m.c.id)
-    .where(_open, _m.c.priority == _claim_levels.c.p, _m.c.vt <= _NOW,
-           _m.c.read_ct < _MAX_READ_CT)
-    .order_by(_m.c.vt, _m.c.id)
-    .limit(_LIMIT)
-    .with_for_update(skip_locked=True)
-    .lateral("picked")
-)
-_claimable = (select(_picked.c.id).select_from(_claim_levels.join(_picked, true()))
-              .limit(_LIMIT).cte("claim"))
-# A NULL p_lease means "the queue's visibility_timeout" (another one-time lookup). The
-# policy is not returned with the rows: that cost ~10% per claim, and the consume loop
-# needs it only when a handler fails (QueueRepository.policy, or retry_or_dead_letter()).
-# The claimed rows are updated through the primary key (id = ANY(array)), never through a
-# join the planner might turn into a scan of the table; with nothing claimed (a paused
-# queue) a one-time filter skips even that.
-_DEQUEUE = Statement(
-    update(_m)
-    .where(_m.c.id == any_(func.array(select(_claimable.c.id).scalar_subquery())),
-           select(_claimable.c.id).exists())
-    .values(
-        vt=_NOW + func.coalesce(
-            bindparam("p_lease", type_=Interval),
-            select(_q.c.visibility_timeout).where(_queue_row).scalar_subquery(),
-        ),
-        read_ct=_m.c.read_ct + 1,
-        dequeued_at=_NOW,
-        consumer_worker_id=_WORKER,
-    )
-    .returning(*_m.c)
-)
 
 # The fence: the worker holds the message AND it is the delivery the caller names (the
 # read_ct it was claimed at; a redelivery increments it). p_read_cts runs parallel to
@@ -241,25 +184,6 @@ def _seconds(value: float | None) -> timedelta:
     return timedelta(seconds=value or 0)
 
 
-# Per priority level, the first claimable row in vt order (one probe each, walking only
-# exhausted rows): the earliest of them is when the next claim can succeed. Not only
-# future vts: a message that fell due a moment ago, after the claim that missed it, must
-# count too (0), or "idle" would be declared with work still to do. Parked messages wait
-# for their group's head, which is counted.
-_due_levels = _levels("levels")
-_first = (
-    select(_m.c.vt)
-    .where(_open, _m.c.priority == _due_levels.c.p, _m.c.read_ct < _MAX_READ_CT)
-    .order_by(_m.c.vt, _m.c.id)
-    .limit(1)
-    .lateral("first")
-)
-_NEXT_DUE = Statement(select(
-    func.extract("epoch", func.min(_first.c.vt) - _NOW).label("due"),
-    select(_q.c.paused).where(_queue_row).scalar_subquery().label("paused"),
-).select_from(_due_levels.join(_first, true())))
-
-
 class MessageRepository(_enqueue.Enqueuing):
     """Live messages: enqueue, claim, ack (archive/delete), extend, release, counts."""
 
@@ -316,6 +240,31 @@ class MessageRepository(_enqueue.Enqueuing):
         rows = await self._rows(executor, _DELETE, {
             "p_ids": list(ids), "p_worker_id": worker_id, "p_read_cts": _cts(ids, read_cts)})
         return {int(r["id"]) for r in rows}
+
+    async def settle(self, executor: Executor, *, worker_id: int,
+                     deliveries: Sequence[tuple[int, int, bool]], action: str) -> set[int]:
+        """Archive (``"archive"``, ``"dead"``) or ``"delete"`` held deliveries.
+
+        ``deliveries`` are ``(id, read_ct, grouped)``. Ungrouped ones go on the leanest
+        statement, grouped ones through ``leave``: at most two statements, each atomic.
+        Returns the ids settled.
+        """
+        done: set[int] = set()
+        for grouped in (False, True):
+            part = [(i, r) for i, r, g in deliveries if g is grouped]
+            if not part:
+                continue
+            ids, read_cts = [i for i, _ in part], [r for _, r in part]
+            if grouped:
+                done |= await self.leave(executor, worker_id=worker_id, ids=ids,
+                                         read_cts=read_cts, action=action)
+            elif action == "delete":
+                done |= await self.delete(executor, worker_id=worker_id, ids=ids,
+                                          read_cts=read_cts)
+            else:
+                done |= await self.archive(executor, worker_id=worker_id, ids=ids,
+                                           read_cts=read_cts, dead=action == "dead")
+        return done
 
     async def leave(self, executor: Executor, *, worker_id: int | None, ids: Sequence[int],
                     action: str, read_cts: Sequence[int] | None = None) -> set[int]:
