@@ -531,3 +531,33 @@ def test_new_message_defaults_are_the_batch_s() -> None:
             message.delay) == (None, None, None, None, None)
     assert QueueMessage(1, 1, {}, None, None, 1, None, None, None).headers == {}  # type: ignore[arg-type]
     assert issubclass(DatabaseError, RuntimeError)
+
+
+def test_the_sync_producer_takes_every_option(dsn: str, queue: str) -> None:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.orm import Session
+
+    import pgqrs.sync
+
+    engine = create_engine(dsn.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with pgqrs.sync.Producer(engine, queue, "sync", 5) as producer:
+            with Session(engine) as session, session.begin():
+                first = producer.enqueue({"n": 1}, priority=3, dedup_key="k", group="g",
+                                         headers={"h": "v"}, session=session)
+                assert producer.enqueue({"n": 1}, dedup_key="k", group="g",
+                                        session=session) == first
+            ids = producer.enqueue_batch([NewMessage({"n": 2}, dedup_key="k"), {"n": 3}],
+                                         group="g", priority=1)
+            assert ids[0] == first
+            admin = pgqrs.sync.Admin(engine)
+            messages = admin.get_messages()
+            got = messages.get(first)
+            assert got is not None and (got.priority, got.group, got.headers) == \
+                (3, "g", {"h": "v"})
+            assert messages.count(queue) == 2
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT live FROM pgqrs_groups")).all()
+        assert [r[0] for r in rows] == [2]
+    finally:
+        engine.dispose()
