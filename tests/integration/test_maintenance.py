@@ -314,7 +314,7 @@ async def test_schedule_define_list_redefine_remove(admin: Admin, dsn: str) -> N
     ({"cron": "not cron"}, "cron"), ({"cron": "61 * * * *"}, "cron"),
     ({"cron": "0 0 30 2 *"}, "never matches|cron"), ({"cron": ""}, "cron"),
     ({"timezone": "Mars/Base"}, "time zone"), ({"payload": [1]}, "Payload"),
-    ({"payload": {"x": float("nan")}}, "NaN"), ({"headers": {"a": 1}}, "headers"),
+    ({"payload": {"x": float("nan")}}, "NaN"), ({"headers": {"a": 1}}, "header"),
     ({"name": ""}, "Schedule name"),
 ])
 async def test_schedule_validates_its_input(admin: Admin, kwargs: dict[str, object],
