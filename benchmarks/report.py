@@ -111,31 +111,33 @@ def goals_met(points: Sequence[Scenario], results: Results) -> bool:
 
 def side_by_side(points: Sequence[Scenario], results: Results,
                  labels: Mapping[str, str]) -> str:
-    """Every contender's msg/s (latency row: p50 / p99 ms) and pgqrs's ratios to both
-    floors; ``labels`` names the peer columns (``{"pgqueuer": "PgQueuer 1.6.0"}``)."""
+    """Every contender's msg/s (latency row: p50 / p99 ms), pgqrs's ratios to both floors,
+    the schema's share (same-SQL / minimal) and, in each peer's cell, pgqrs / that peer.
+
+    ``labels`` names the peer columns (``{"pgqueuer": "PgQueuer 1.6.0"}``). All ratios are
+    medians of per-repeat ratios; for the latency row they are ratios of p50s (lower is
+    better, so pgqrs leads a peer at a ratio below 1).
+    """
     peers = list(labels)
     head = ("| scenario | minimal floor | same-SQL floor | pgqrs | pgqrs / minimal "
-            "| pgqrs / same-SQL |" + "".join(f" {labels[n]} |" for n in peers))
+            "| pgqrs / same-SQL | same-SQL / minimal |"
+            + "".join(f" {labels[n]} (pgqrs / it) |" for n in peers))
     if peers:
         head += " pgqrs ahead of every peer |"
-    lines = [head, "|---|" + "--:|" * (5 + len(peers)) + (":-:|" if peers else "")]
+    lines = [head, "|---|" + "--:|" * (6 + len(peers)) + (":-:|" if peers else "")]
     for p in points:
         s = {n: Summary.of(results[p.key][n]) for n in ("minimal", "floor", "pgqrs", *peers)}
-        to_min = paired_ratio(p, results, "pgqrs", "minimal")
-        to_same = paired_ratio(p, results, "pgqrs", "floor")
-        if p.kind == "latency":
-            cells = [f"{_ms(s[n].p50)} / {_ms(s[n].p99)} ms"
-                     for n in ("minimal", "floor", "pgqrs")]
-            ratios = [f"p50 x{to_min:.2f}", f"p50 x{to_same:.2f}"]
-            peer_cells = [f"{_ms(s[n].p50)} / {_ms(s[n].p99)} ms" for n in peers]
-            ahead = all((s["pgqrs"].p50 or math.inf) <= (s[n].p50 or math.inf)
-                        for n in peers)
-        else:
-            cells = [f"{s[n].rate:,.0f}" for n in ("minimal", "floor", "pgqrs")]
-            ratios = [f"{to_min:.2f}", f"{to_same:.2f}"]
-            peer_cells = [f"{s[n].rate:,.0f}" for n in peers]
-            ahead = all(s["pgqrs"].rate >= s[n].rate for n in peers)
-        row = f"| {p.title} | " + " | ".join(cells + ratios + peer_cells) + " |"
+        ratios = [paired_ratio(p, results, a, b)
+                  for a, b in (("pgqrs", "minimal"), ("pgqrs", "floor"), ("floor", "minimal"))]
+        to_peer = {n: paired_ratio(p, results, "pgqrs", n) for n in peers}
+        latency = p.kind == "latency"
+        shown = {n: f"{_ms(x.p50)} / {_ms(x.p99)} ms" if latency else f"{x.rate:,.0f}"
+                 for n, x in s.items()}
+        ratio_cells = [f"p50 x{r:.2f}" if latency else f"{r:.2f}" for r in ratios]
+        ahead = all(r <= 1 if latency else r >= 1 for r in to_peer.values())
+        cells = [shown[n] for n in ("minimal", "floor", "pgqrs")] + ratio_cells
+        cells += [f"{shown[n]} ({to_peer[n]:.2f})" for n in peers]
+        row = f"| {p.title} | " + " | ".join(cells) + " |"
         if peers:
             row += f" {'yes' if ahead else 'no'} |"
         lines.append(row)

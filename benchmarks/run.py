@@ -208,7 +208,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--bars-svg", type=Path,
                         help="write the side-by-side bar chart of every contender here")
     parser.add_argument("--plot-from", type=Path, metavar="JSON",
-                        help="only redraw --svg / --bars-svg from a --json file")
+                        help="only reprint the side-by-side table and redraw --svg / "
+                             "--bars-svg from a --json file")
     parser.add_argument("--check", action="store_true",
                         help="exit 1 unless every row meets the same-SQL goal")
     args = parser.parse_args(argv)
@@ -216,6 +217,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = [p for p in args.peers if p not in PEERS]
     if unknown:
         parser.error(f"unknown peer(s) {', '.join(unknown)}; known: {', '.join(PEERS)}")
+    if args.peers and args.no_minimal:
+        parser.error("--peers are shown next to the minimal floor: drop --no-minimal")
     return args
 
 
@@ -284,26 +287,36 @@ async def _run(args: argparse.Namespace, sizes: Sizes, dsn: str, description: st
     return 1 if args.check and not report.goals_met(points, results) else 0
 
 
+class Recorded(Measurement):
+    """A measurement read back from ``--json``: its p50 and p99, not every latency."""
+
+    def __init__(self, m: dict[str, Any]) -> None:
+        super().__init__(m["messages"], m["seconds"], m["cpu_seconds"])
+        self._percentiles = {50: m["p50"], 99: m["p99"]}
+
+    def percentile(self, q: float) -> float | None:
+        return self._percentiles[int(q)]
+
+
 def replot(source: Path, sweep_svg: Path | None, bars_svg: Path | None) -> int:
-    """Redraw the charts from the measurements a ``--json`` file holds."""
+    """Reprint the side-by-side table and redraw the charts from a ``--json`` file."""
     data = json.loads(source.read_text())
     fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
                               for k, v in data["sizes"].items()}
     sizes = Sizes(**fields)
-    results: Results = {
-        # Only p50 is kept per run, which is all the charts show.
-        key: {side: [Measurement(m["messages"], m["seconds"], m["cpu_seconds"],
-                                 [] if m["p50"] is None else [m["p50"]])
-                     for m in runs]
-              for side, runs in by_side.items()}
-        for key, by_side in data["results"].items()
-    }
+    results: Results = {key: {side: [Recorded(m) for m in runs]
+                              for side, runs in by_side.items()}
+                        for key, by_side in data["results"].items()}
+    labels: dict[str, str] = data.get("labels", {})
+    points = [p for p in main_scenarios(sizes, 0.001) if p.key in results]
+    print(f"{data['environment']}; median of {sizes.repeats}\n")
+    if points and all("minimal" in results[p.key] for p in points):
+        print(report.side_by_side(points, results, labels))
+        if bars_svg is not None:
+            bars_svg.write_text(report.bars(points, results, labels, sizes.repeats,
+                                            data["environment"]))
     if sweep_svg is not None:
         sweep_svg.write_text(report.plot(results, sizes, data["environment"]))
-    if bars_svg is not None:
-        points = [p for p in main_scenarios(sizes, 0.001) if p.key in results]
-        bars_svg.write_text(report.bars(points, results, data.get("labels", {}),
-                                        sizes.repeats, data["environment"]))
     return 0
 
 
