@@ -5,6 +5,9 @@ statement preparation, SQLAlchemy's compiled cache) outside the timed window, an
 only the loop itself: wall clock with ``time.perf_counter`` and the client process's CPU
 with ``time.process_time`` (all clients of a scenario are asyncio tasks in this process,
 each with its own connection; the server's CPU is not counted).
+
+This module imports neither pgqrs nor SQLAlchemy (see ``benchmarks.api``): the peers run
+these same functions in their own virtualenvs (``benchmarks.peers``).
 """
 
 from __future__ import annotations
@@ -13,13 +16,13 @@ import asyncio
 import gc
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
-from benchmarks.server import QUEUE
-from benchmarks.sides import ConsumerLike, Payload, Side, encode
+from benchmarks.api import QUEUE, ConsumerLike, Payload, Side, encode
 
 
 @dataclass
@@ -72,21 +75,29 @@ def payload(n: int, sent: float = 0.0) -> Payload:
             "subject": "Welcome to pgqrs", "n": n, "sent": round(sent, 6)}
 
 
-async def preload(dsn: str, count: int) -> None:
-    """Insert ``count`` visible messages in one statement, then ANALYZE (untimed)."""
+def payloads(count: int) -> list[Payload]:
+    """``count`` distinct payloads, numbered from 0."""
+    return [payload(i) for i in range(count)]
+
+
+async def preload(dsn: str, messages: int | Sequence[Payload]) -> None:
+    """pgqrs schema: insert ``messages`` (a count, or the payloads) as visible messages in
+    one statement, then ANALYZE (untimed; how the pgqrs side and the same-SQL floor
+    preload)."""
+    texts = [encode(p) for p in (payloads(messages) if isinstance(messages, int) else messages)]
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(
             "INSERT INTO pgqrs_messages (queue_id, payload) "
             "SELECT q.id, p::jsonb FROM pgqrs_queues q, unnest($2::text[]) p "
-            "WHERE q.queue_name = $1", QUEUE, [encode(payload(i)) for i in range(count)])
+            "WHERE q.queue_name = $1", QUEUE, texts)
         await conn.execute("ANALYZE pgqrs_messages")
     finally:
         await conn.close()
 
 
 async def archived(dsn: str) -> int:
-    """How many messages reached the archive (a correctness check after a drain)."""
+    """pgqrs schema: how many messages reached the archive (a check after a drain)."""
     conn = await asyncpg.connect(dsn)
     try:
         return int(await conn.fetchval("SELECT count(*) FROM pgqrs_archive"))
@@ -95,7 +106,7 @@ async def archived(dsn: str) -> int:
 
 
 async def _expect(dsn: str, side: Side, count: int) -> None:
-    got = await archived(dsn)
+    got = await side.archived(dsn)
     if got != count:
         raise RuntimeError(f"{side.name}: {got} messages archived, expected {count}")
 
@@ -154,7 +165,7 @@ async def drain(side: Side, dsn: str, *, messages: int, batch: int, consumers: i
                 ) -> Measurement:
     """``consumers`` tasks each loop ``dequeue(batch)`` + ``archive_batch(ids)`` until the
     queue is empty; latency is per cycle (claim + ack)."""
-    await preload(dsn, messages + consumers)
+    await side.preload(dsn, payloads(messages + consumers))
     clients = await _consumers(side, dsn, consumers)
     latencies: list[float] = []
     clock = time.perf_counter
@@ -185,7 +196,7 @@ async def _noop(message: Any) -> None:
 async def worker_loop(side: Side, dsn: str, *, messages: int, batch: int) -> Measurement:
     """The side's own worker loop (pgqrs: ``Consumer.consume``) with a no-op handler,
     ``batch_size=concurrency=batch``, one consumer, until the queue is empty."""
-    await preload(dsn, messages + 1)
+    await side.preload(dsn, payloads(messages + 1))
     (consumer,) = await _consumers(side, dsn, 1)
     try:
         with Clock() as c:

@@ -7,8 +7,9 @@ turns them off) and its data directory goes to the system temporary directory, o
 rather than ``/dev/shm`` (``--pg-tmpdir /dev/shm`` gives the tests' RAM-backed setting,
 where a commit costs almost nothing and client overhead weighs far more).
 
-Every run gets its own database cloned from a template that has the pgqrs schema
-installed and the benchmark queue created, so no run sees another's rows.
+Every run gets its own database cloned from a template that has the schema installed
+(pgqrs's with the benchmark queue created, by default; the minimal floor and each peer
+have templates of their own), so no run sees another's rows.
 """
 
 from __future__ import annotations
@@ -17,17 +18,19 @@ import contextlib
 import itertools
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from benchmarks.api import QUEUE
 from pgqrs import Admin
 from pgqrs.testing import EphemeralPostgres
 
-QUEUE = "bench"
+__all__ = ["QUEUE", "Databases", "Server", "default_tmpdir", "install_pgqrs", "plain",
+           "server", "server_version", "sql", "with_database"]
 DEFAULT_DURABILITY: dict[str, str | int | float | bool] = {
     "fsync": True, "synchronous_commit": True, "full_page_writes": True,
 }
@@ -90,21 +93,39 @@ async def sql(dsn: str, *statements: str) -> None:
         await conn.close()
 
 
-class Databases:
-    """A template with pgqrs installed and the queue created; fresh clones of it."""
+async def install_pgqrs(dsn: str) -> None:
+    """``Admin.install()`` plus ``create_queue``: the pgqrs template's contents."""
+    async with Admin(dsn) as admin:
+        await admin.install()
+        await admin.create_queue(QUEUE)
 
-    def __init__(self, dsn: str) -> None:
+
+_SERIAL = itertools.count()  # database names, unique across every ``Databases``
+
+
+class Databases:
+    """A template with a schema installed; fresh clones of it.
+
+    Args:
+        dsn: the maintenance DSN (a role with CREATEDB).
+        name: tells templates apart (one per schema: ``"pgqrs"``, ``"minimal"``, a peer).
+        install: fills the template database, given its DSN (default: pgqrs and the
+            benchmark queue).
+    """
+
+    def __init__(self, dsn: str, name: str = "pgqrs",
+                 install: Callable[[str], Awaitable[None]] = install_pgqrs) -> None:
         self.dsn = dsn
-        self.template = f"pgqrs_bench_tmpl_{os.getpid()}"
-        self._serial = itertools.count()
+        self.name = name
+        self._install = install
+        suffix = "" if name == "pgqrs" else f"_{name}"
+        self.template = f"pgqrs_bench_tmpl_{os.getpid()}{suffix}"
 
     async def create_template(self) -> None:
-        """Create the template database: ``Admin.install()`` plus ``create_queue``."""
+        """Create the template database and install the schema in it."""
         await sql(self.dsn, f'DROP DATABASE IF EXISTS "{self.template}" WITH (FORCE)',
                   f'CREATE DATABASE "{self.template}"')
-        async with Admin(with_database(self.dsn, self.template)) as admin:
-            await admin.install()
-            await admin.create_queue(QUEUE)
+        await self._install(with_database(self.dsn, self.template))
 
     async def drop_template(self) -> None:
         """Drop the template database."""
@@ -117,10 +138,19 @@ class Databases:
         A ``CHECKPOINT`` after the clone keeps the previous run's dirty pages from being
         flushed during this one.
         """
-        name = f"pgqrs_bench_{os.getpid()}_{next(self._serial)}"
+        name = f"pgqrs_bench_{os.getpid()}_{next(_SERIAL)}"
         await sql(self.dsn, f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"',
                   "CHECKPOINT")
         try:
             yield with_database(self.dsn, name)
         finally:
             await sql(self.dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def server_version(dsn: str) -> str:
+    """The server's ``server_version`` (for the results' environment line)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return str(await conn.fetchval("SHOW server_version"))
+    finally:
+        await conn.close()

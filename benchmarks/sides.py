@@ -1,9 +1,7 @@
-"""The two things being measured: pgqrs itself and a raw-asyncpg floor.
+"""pgqrs itself and the same-SQL floor: a raw-asyncpg client running pgqrs's statements.
 
-Both sides expose the same duck-typed client API (pgqrs's), so one scenario function runs
-either: ``producer.enqueue(dict)``, ``producer.enqueue_batch(list)``,
-``consumer.dequeue(limit)``, ``consumer.archive_batch(ids)``, ``consumer.consume(...)``
-and ``close()``. The pgqrs side hands out real ``pgqrs.Producer``/``pgqrs.Consumer``
+Both sides expose the duck-typed client API of ``benchmarks.api`` (pgqrs's), so one
+scenario function runs either. The pgqrs side hands out real ``pgqrs.Producer``/``pgqrs.Consumer``
 objects, so nothing sits between a scenario and pgqrs.
 
 The floor runs the statements pgqrs runs (the same tables, indexes, ``SKIP LOCKED`` claim
@@ -17,80 +15,45 @@ what pgqrs sends. It is what a hand-written client of the same schema costs, so
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple
 
 import asyncpg
 
-from benchmarks import pgqrs_sql
-from benchmarks.server import QUEUE
+from benchmarks import pgqrs_sql, scenarios
+from benchmarks.api import (
+    QUEUE,
+    ConsumerLike,
+    Handler,
+    LoopConsumer,
+    Message,
+    Payload,
+    ProducerLike,
+    Side,
+    encode,
+)
 from pgqrs import Consumer, Producer
 
-Payload = dict[str, Any]
+__all__ = ["ConsumerLike", "FloorConsumer", "FloorProducer", "FloorSide", "Handler",
+           "Message", "Payload", "PgqrsSide", "ProducerLike", "Side", "encode"]
 
 
-class Message(Protocol):
-    """What a handler receives: a message id and its decoded JSON payload."""
+class PgqrsSchema:
+    """Preload and archive count on the pgqrs schema (both sides of the same-SQL pair)."""
 
-    @property
-    def id(self) -> int: ...
+    async def preload(self, dsn: str, payloads: Sequence[Payload]) -> None:
+        await scenarios.preload(dsn, payloads)
 
-    @property
-    def payload(self) -> Payload: ...
-
-
-Handler = Callable[[Any], Awaitable[object]]
-
-
-class ProducerLike(Protocol):
-    """The producer API both sides offer."""
-
-    async def enqueue(self, payload: Payload) -> int: ...
-
-    async def enqueue_batch(self, payloads: Sequence[Payload]) -> list[int]: ...
-
-    async def close(self) -> None: ...
-
-
-class ConsumerLike(Protocol):
-    """The consumer API both sides offer."""
-
-    async def dequeue(self, limit: int = 1) -> Sequence[Message]: ...
-
-    async def archive_batch(self, message_ids: Sequence[int]) -> list[bool]: ...
-
-    async def consume(self, handler: Handler, *, batch_size: int, concurrency: int,
-                      poll_interval: float, stop: asyncio.Event | None,
-                      stop_when_idle: bool) -> int: ...
-
-    async def close(self) -> None: ...
-
-
-class Side(Protocol):
-    """A way to build producers and consumers on a database."""
-
-    name: str
-    wake_up: str
-    """How an idle consumer learns about new messages (shown with the latency row)."""
-
-    async def producer(self, dsn: str, index: int = 0) -> ProducerLike: ...
-
-    async def consumer(self, dsn: str, index: int = 0, *, listen: bool = False,
-                       poll_interval: float = 1.0) -> ConsumerLike: ...
-
-    async def prepare(self, dsn: str, *, latency: bool) -> None:
-        """Get a fresh database ready for one run (``latency``: the latency scenario)."""
-        ...
+    async def archived(self, dsn: str) -> int:
+        return await scenarios.archived(dsn)
 
 
 # --------------------------------------------------------------------------- pgqrs
 
 
-class PgqrsSide:
+class PgqrsSide(PgqrsSchema):
     """Real ``pgqrs.Producer`` and ``pgqrs.Consumer`` objects, default settings."""
 
     name = "pgqrs"
@@ -129,11 +92,6 @@ FOR EACH STATEMENT EXECUTE FUNCTION pgqrs_bench_notify();
 _NO_DELAY = timedelta(0)
 _LEASE = timedelta(seconds=30)
 _MAX_READ_CT = 5
-
-
-def encode(payload: Payload) -> str:
-    """Compact JSON, as pgqrs encodes it (minus pgqrs's validation walk)."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
 
 
 class FloorMessage(NamedTuple):
@@ -183,16 +141,16 @@ class FloorProducer:
         await self.conn.close()
 
 
-class FloorConsumer:
+class FloorConsumer(LoopConsumer):
     """The claim and the archive move as prepared statements; a minimal worker loop."""
 
     def __init__(self, conn: asyncpg.Connection, queue_id: int, worker_id: int,
                  dequeue: asyncpg.prepared_stmt.PreparedStatement,
                  archive: asyncpg.prepared_stmt.PreparedStatement, *, listening: bool) -> None:
+        super().__init__()
         self.conn, self.queue_id, self.worker_id = conn, queue_id, worker_id
         self._dequeue, self._archive = dequeue, archive
-        self._listening = listening
-        self._wake = asyncio.Event()
+        self.listening = listening
         self._claim_args = pgqrs_sql.claim().binder(
             "p_limit", p_queue_id=queue_id, p_max_read_ct=_MAX_READ_CT, p_worker_id=worker_id,
             p_lease=_LEASE)
@@ -215,7 +173,7 @@ class FloorConsumer:
         self = cls(conn, queue_id, worker_id, await conn.prepare(pgqrs_sql.claim().sql),
                    await conn.prepare(pgqrs_sql.archive().sql), listening=listen)
         if listen:
-            await conn.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
+            await conn.add_listener(NOTIFY_CHANNEL, self.wake)
         return self
 
     async def dequeue(self, limit: int = 1) -> list[FloorMessage]:
@@ -228,37 +186,11 @@ class FloorConsumer:
         done = {r["original_msg_id"] for r in await self._archive.fetch(*self._archive_args(ids))}
         return [i in done for i in ids]
 
-    async def consume(self, handler: Handler, *, batch_size: int, concurrency: int = 1,
-                      poll_interval: float = 1.0, stop: asyncio.Event | None = None,
-                      stop_when_idle: bool = False) -> int:
-        """Claim a batch, run the handler on each message in turn, archive the batch.
-
-        Idle: with LISTEN, sleep until a notification (0.1 s cap, to notice ``stop``);
-        otherwise sleep ``poll_interval``. ``concurrency`` is ignored (handlers run in
-        turn, which is the cheapest way to run a no-op handler).
-        """
-        handled = 0
-        while stop is None or not stop.is_set():
-            self._wake.clear()
-            batch = await self.dequeue(batch_size)
-            if not batch:
-                if stop_when_idle:
-                    break
-                timeout = 0.1 if self._listening else poll_interval
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
-                continue
-            for message in batch:
-                await handler(message)
-            await self.archive_batch([m.id for m in batch])
-            handled += len(batch)
-        return handled
-
     async def close(self) -> None:
         await self.conn.close()
 
 
-class FloorSide:
+class FloorSide(PgqrsSchema):
     """Hand-written asyncpg clients of the pgqrs schema.
 
     Args:

@@ -61,6 +61,9 @@ def test_floor_passes_every_parameter_pgqrs_statements_take() -> None:
 # Files that write pgqrs tables directly on purpose, and why (never a hot-path statement).
 SEEDERS = {
     "studies/maintenance.py": "bulk-fills a 10M-row archive with generate_series",
+    # Its own two tables and its own SKIP LOCKED claim, on purpose
+    # (tests/unit/test_benchmark_peers.py checks that SQL).
+    "minimal.py": "the minimal-design floor",
 }
 
 
