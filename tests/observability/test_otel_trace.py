@@ -6,11 +6,12 @@ import asyncio
 import json
 
 import asyncpg
+import pytest
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 
-from pgqrs import Admin, Consumer, NewMessage, Producer, QueueMessage, Settled
+from pgqrs import Admin, Consumer, NewMessage, Producer, QueueMessage, Settled, ValidationError
 from pgqrs.prometheus import ConsumeMetrics
 
 from .otel import Traced, as_json
@@ -219,3 +220,13 @@ async def test_a_wrapper_that_fails_to_enter_is_a_failed_delivery(dsn: str,
     assert (process.attributes or {})["error.type"] == "ConnectionError"
     # Nothing leaks into the loop's context: the next span is a root again.
     assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+async def test_hooks_that_are_not_callable_are_still_refused(dsn: str, traced: Traced) -> None:
+    async with Admin(dsn) as admin:
+        await admin.create_queue("work")
+    async with Consumer(dsn, "work", "consumer", 1) as consumer:
+        for hooks in ({"on_settled": 42}, {"around_handler": "span"}):
+            with pytest.raises(ValidationError, match="must be callable"):
+                await consumer.consume(lambda m: asyncio.sleep(0), stop_when_idle=True,
+                                       **hooks)  # type: ignore[arg-type]
