@@ -160,7 +160,8 @@ class FloorProducer:
                  enqueue_batch: asyncpg.prepared_stmt.PreparedStatement) -> None:
         self.conn, self.queue_id, self.worker_id = conn, queue_id, worker_id
         self._enqueue, self._enqueue_batch = enqueue, enqueue_batch
-        fixed = {"p_queue_id": queue_id, "p_delay": _NO_DELAY, "p_worker_id": worker_id}
+        fixed = {"p_queue_id": queue_id, "p_delay": _NO_DELAY, "p_worker_id": worker_id,
+                 "p_priority": 0, "p_headers": None}
         self._one_args = pgqrs_sql.enqueue().binder("p_payload", **fixed)
         self._many_args = pgqrs_sql.enqueue_batch().binder("p_payloads", **fixed)
 
@@ -195,7 +196,18 @@ class FloorConsumer:
         self._claim_args = pgqrs_sql.claim().binder(
             "p_limit", p_queue_id=queue_id, p_max_read_ct=_MAX_READ_CT, p_worker_id=worker_id,
             p_lease=_LEASE)
-        self._archive_args = pgqrs_sql.archive().binder("p_ids", p_worker_id=worker_id)
+        # Acks name the delivery (read_ct at the claim), as pgqrs's do: remembered per id.
+        self._read_cts: dict[int, int] = {}
+        archive = pgqrs_sql.archive()
+        ids_args = archive.binder("p_ids", p_worker_id=worker_id, p_read_cts=[])
+        at = archive.names.index("p_read_cts")
+
+        def archive_args(ids: list[int]) -> list[Any]:
+            out = ids_args(ids)
+            out[at] = [self._read_cts.pop(i, 0) for i in ids]
+            return out
+
+        self._archive_args = archive_args
 
     @classmethod
     async def open(cls, dsn: str, index: int, *, listen: bool) -> FloorConsumer:
@@ -208,6 +220,7 @@ class FloorConsumer:
 
     async def dequeue(self, limit: int = 1) -> list[FloorMessage]:
         rows = await self._dequeue.fetch(*self._claim_args(limit))
+        self._read_cts.update((r["id"], r["read_ct"]) for r in rows)
         return [FloorMessage(r["id"], r["read_ct"], json.loads(r["payload"])) for r in rows]
 
     async def archive_batch(self, message_ids: Sequence[int]) -> list[bool]:

@@ -29,6 +29,7 @@ from pgqrs.producer import Producer
 from pgqrs.settings import Settings
 from pgqrs.types import (
     ArchivedMessage,
+    NewMessage,
     Outcome,
     QueueInfo,
     QueueMessage,
@@ -56,6 +57,7 @@ __all__ = [
     "DatabaseUnavailableError",
     "Maintenance",
     "MaintenanceReport",
+    "NewMessage",
     "Outcome",
     "PgqrsError",
     "Producer",

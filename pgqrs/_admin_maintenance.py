@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from pgqrs import _db, _retention, _schedule, _validation, errors, repositories
+from pgqrs import _db, _retention, _schedule, _validation, repositories
 from pgqrs._schedule import ScheduleInfo
 from pgqrs.settings import Settings
 
@@ -101,7 +101,8 @@ class AdminMaintenance:
         encoded = _validation.encode_payload(payload, max_bytes=self.settings.max_payload_bytes,
                                              max_depth=self.settings.max_payload_depth)
         if headers is not None:
-            headers = _headers(headers)
+            _validation.encode_headers(headers)  # the rules of message headers
+            headers = dict(headers)
         repos = self._repos
         async with self._db.transaction() as conn:
             target = await repos.queues.get(conn, _validation.queue_name(queue))
@@ -132,11 +133,3 @@ class AdminMaintenance:
                 queue_id = (await repos.queues.get(conn, _validation.queue_name(queue))).id
             return await repos.schedules.list(conn, queue_id=queue_id)
 
-
-def _headers(headers: object) -> dict[str, str]:
-    if not isinstance(headers, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
-        raise errors.ValidationError(f"headers must map str to str, got {headers!r:.80}")
-    if len(headers) > 64 or sum(len(k) + len(v) for k, v in headers.items()) > 8192:
-        raise errors.ValidationError("headers must be small: at most 64 entries, 8 KiB")
-    return dict(headers)

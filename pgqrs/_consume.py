@@ -62,14 +62,19 @@ class MessageSource(Protocol):
     async def seconds_until_due(self) -> float | None:
         """Seconds until a delayed or leased message becomes claimable; None if none."""
 
-    async def archive(self, ids: Sequence[int], *, dead: bool = False) -> list[bool]:
-        """Archive held messages in one statement; one bool per id (False: not held)."""
+    async def archive(self, messages: Sequence[int | QueueMessage], *,
+                      dead: bool = False) -> list[bool]:
+        """Archive held deliveries in one statement; one bool each (False: not held).
 
-    async def release(self, ids: Sequence[int], *, delay: float | None = None) -> int:
-        """Give held messages back, visible after ``delay``; return how many were held."""
+        A bare id names this consumer's delivery of that message.
+        """
 
-    async def extend(self, message_id: int, seconds: float) -> bool:
-        """Extend a held message's lease; False if it is no longer held."""
+    async def release(self, messages: Sequence[int | QueueMessage], *,
+                      delay: float | None = None) -> int:
+        """Give held deliveries back, visible after ``delay``; return how many were held."""
+
+    async def extend(self, message: int | QueueMessage, seconds: float) -> bool:
+        """Extend a held delivery's lease; False if it is no longer held."""
 
     async def is_stopped(self) -> bool:
         """True once the worker was stopped or taken over from outside."""
@@ -100,7 +105,7 @@ class _Round(NamedTuple):
 class AckBatcher:
     """Queues successful deliveries and archives them in one statement per flush."""
 
-    def __init__(self, archive: Callable[[list[int]], Awaitable[list[bool]]],
+    def __init__(self, archive: Callable[[list[QueueMessage]], Awaitable[list[bool]]],
                  settle: Callable[[list[_Delivery], Outcome], Awaitable[None]]) -> None:
         self._archive = archive
         self._settle = settle
@@ -124,7 +129,9 @@ class AckBatcher:
             return
         batch, self._pending = self._pending, []
         try:
-            done = await self._archive([d.message.id for d in batch])
+            # The messages themselves: each names its delivery (read_ct), so an ack that
+            # comes after a redelivery (lease ran out, identity taken over) is refused.
+            done = await self._archive([d.message for d in batch])
         except errors.DatabaseError as exc:
             self._pending[:0] = batch
             log.warning("pgqrs could not archive %d message(s) yet: %s", len(batch), exc)

@@ -55,6 +55,10 @@ class Backend(Protocol):
         """A lock for a client's shared state, right for the way calls run concurrently."""
         ...
 
+    def autocommit(self) -> AbstractAsyncContextManager[Executor]:
+        """A connection in autocommit mode for a few statements, given back on exit."""
+        ...
+
     async def run_sync(self, executor: Executor, fn: Callable[Concatenate[Connection, P], T],
                        *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(connection, ...)`` on the synchronous face of ``executor`` (Alembic)."""
@@ -262,6 +266,17 @@ class Database:
     def lock(self) -> asyncio.Lock:
         """An asyncio lock: a client's calls run as tasks of one event loop."""
         return asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[Executor]:
+        """A pooled connection in autocommit mode, given back on exit (never held).
+
+        For statements that must run outside a transaction (``CREATE INDEX CONCURRENTLY``
+        in ``migrate.prepare_sync``).
+        """
+        with errors.translate_db_errors():
+            async with self._autocommit.connect() as conn:
+                yield conn
 
     async def run_sync(self, executor: Executor, fn: Callable[Concatenate[Connection, P], T],
                        *args: P.args, **kwargs: P.kwargs) -> T:

@@ -1,15 +1,17 @@
-"""Checks that run before any SQL: payloads, queue names, worker identities; rate limit."""
+"""Checks that run before any SQL: payloads, message options, names, ids; rate limit."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pgqrs import errors
 from pgqrs.models import QUEUE_NAME_MAX_LENGTH
+from pgqrs.types import NewMessage, QueueMessage
 
 _INF = float("inf")
 S = TypeVar("S")
@@ -21,6 +23,171 @@ def lent(session: S | None, connection: C | None) -> S | C | None:
     if session is not None and connection is not None:
         raise errors.ConfigurationError("Pass either session= or connection=, not both")
     return session if session is not None else connection
+
+
+PRIORITY_MIN, PRIORITY_MAX = -32768, 32767
+"""Priorities fit PostgreSQL's ``smallint``."""
+DEDUP_KEY_MAX_CHARS = 512
+"""Longest deduplication key (it is indexed; 512 characters stay within a btree entry)."""
+GROUP_MAX_CHARS = 255
+"""Longest group name."""
+HEADERS_MAX_COUNT = 64
+"""Most headers on one message."""
+HEADER_NAME_MAX_CHARS = 256
+"""Longest header name."""
+HEADERS_MAX_BYTES = 16_384
+"""Largest headers map, encoded as JSON (UTF-8)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """The validated options of one message, ready for the statements."""
+
+    priority: int = 0
+    headers: str | None = None
+    """Headers encoded as a JSON object (None: no headers)."""
+    group: str | None = None
+    dedup_key: str | None = None
+    delay: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One validated message of a batch: its encoded payload and its options."""
+
+    payload: str
+    options: Options
+
+
+def priority_value(value: object) -> int:
+    """Return ``value`` if it is an int priority in ``PRIORITY_MIN``-``PRIORITY_MAX``."""
+    if isinstance(value, bool) or not isinstance(value, int) \
+            or not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise errors.ValidationError(
+            f"priority must be an int from {PRIORITY_MIN} to {PRIORITY_MAX}, got {value!r:.40}")
+    return value
+
+
+def _label(name: str, value: object, limit: int) -> str:
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise errors.ValidationError(
+            f"{name} must be a non-empty str of at most {limit} characters, got {value!r:.60}")
+    if "\x00" in value:
+        raise errors.ValidationError(f"{name} contains a NUL character, which PostgreSQL "
+                                     "text cannot store")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise errors.ValidationError(f"{name} is not valid UTF-8 (a lone surrogate)") from None
+    return value
+
+
+def dedup_key_value(value: object) -> str | None:
+    """Return a usable deduplication key (or None)."""
+    return None if value is None else _label("dedup_key", value, DEDUP_KEY_MAX_CHARS)
+
+
+def group_name(value: object) -> str | None:
+    """Return a usable group name (or None)."""
+    return None if value is None else _label("group", value, GROUP_MAX_CHARS)
+
+
+def encode_headers(value: object) -> str | None:
+    """Validate a headers map; return it encoded as JSON, or None when there are none.
+
+    Raises:
+        ValidationError: not a mapping of str to str, more than ``HEADERS_MAX_COUNT``
+            entries, a name empty or over ``HEADER_NAME_MAX_CHARS``, a NUL character, or
+            over ``HEADERS_MAX_BYTES`` once encoded.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise errors.ValidationError(
+            f"headers must be a dict of str to str, got {type(value).__name__}")
+    if len(value) > HEADERS_MAX_COUNT:
+        raise errors.ValidationError(
+            f"headers has {len(value)} entries; the limit is {HEADERS_MAX_COUNT}")
+    for name, text in value.items():
+        _label("header name", name, HEADER_NAME_MAX_CHARS)
+        if not isinstance(text, str):
+            raise errors.ValidationError(
+                f"header {name!r:.60} must be a str, got {type(text).__name__}")
+        if "\x00" in text:
+            raise errors.ValidationError(f"header {name!r:.60} contains a NUL character")
+    if not value:
+        return None
+    try:
+        encoded = json.dumps(dict(value), separators=(",", ":"), ensure_ascii=False)
+        size = len(encoded.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise errors.ValidationError("headers are not valid UTF-8 (a lone surrogate)") from None
+    if size > HEADERS_MAX_BYTES:
+        raise errors.ValidationError(
+            f"headers are {size} bytes as JSON, over the limit of {HEADERS_MAX_BYTES} bytes "
+            "(put data in the payload; headers are for small metadata)")
+    return encoded
+
+
+def options(*, priority: object = 0, headers: object = None, group: object = None,
+            dedup_key: object = None, delay: object = None) -> Options:
+    """Validate the options of one message."""
+    return Options(
+        priority=priority_value(priority), headers=encode_headers(headers),
+        group=group_name(group), dedup_key=dedup_key_value(dedup_key),
+        delay=None if delay is None else seconds("delay", delay))
+
+
+def batch_items(items: object, *, max_bytes: int, max_depth: int,
+                defaults: Options) -> list[Item]:
+    """Validate a batch of payloads (dicts, taking ``defaults``) and ``NewMessage`` items.
+
+    Raises:
+        ValidationError: not a list, or one item is rejected (its index is named).
+    """
+    if isinstance(items, dict | str | bytes) or not isinstance(items, Sequence):
+        raise errors.ValidationError(
+            f"payloads must be a list of dicts or NewMessage, got {type(items).__name__}")
+    out: list[Item] = []
+    for index, item in enumerate(items):
+        try:
+            if isinstance(item, NewMessage):
+                given = options(
+                    priority=defaults.priority if item.priority is None else item.priority,
+                    headers=item.headers, group=item.group, dedup_key=item.dedup_key,
+                    delay=item.delay)
+                chosen = Options(
+                    priority=given.priority,
+                    headers=given.headers if item.headers is not None else defaults.headers,
+                    group=given.group if item.group is not None else defaults.group,
+                    dedup_key=given.dedup_key,
+                    delay=given.delay if item.delay is not None else defaults.delay)
+                payload = encode_payload(item.payload, max_bytes=max_bytes,
+                                         max_depth=max_depth)
+            else:
+                chosen = defaults
+                payload = encode_payload(item, max_bytes=max_bytes, max_depth=max_depth)
+        except errors.ValidationError as exc:
+            raise errors.ValidationError(f"payloads[{index}]: {exc}") from None
+        out.append(Item(payload, chosen))
+    return out
+
+
+def deliveries(messages: object) -> list[int | QueueMessage]:
+    """Return ``messages`` (ids or ``QueueMessage`` objects, or one of either) as a list.
+
+    Raises:
+        ValidationError: anything else, or an id that is not a positive int.
+    """
+    if isinstance(messages, QueueMessage):
+        return [messages]
+    if isinstance(messages, list | tuple) and any(isinstance(m, QueueMessage)
+                                                  for m in messages):
+        out: list[int | QueueMessage] = []
+        for m in messages:
+            out.extend([m] if isinstance(m, QueueMessage) else message_ids([m]))
+        return out
+    return list(message_ids(messages))
 
 
 def encode_batch(payloads: object, *, max_bytes: int, max_depth: int) -> list[str]:

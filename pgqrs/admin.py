@@ -82,8 +82,12 @@ class Admin(AdminMaintenance):
 
         Runs in one transaction under an advisory lock, so concurrent installs from many
         processes are safe. With ``connection=``, runs inside the caller's transaction and
-        leaves the commit to the caller.
+        leaves the commit to the caller. Without it, an upgrade of a populated schema first
+        builds new indexes concurrently, outside that transaction (``migrate.prepare_sync``).
         """
+        if connection is None and not self.settings.pgbouncer:  # (a session-level lock)
+            async with self._db.autocommit() as auto:
+                await self._db.run_sync(auto, migrate.prepare_sync, self.schema)
         async with self._db.transaction(connection) as conn:
             await self._db.run_sync(conn, migrate.lock_sync)
             await self._db.run_sync(conn, migrate.upgrade_sync, self.schema)

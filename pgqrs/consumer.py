@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pgqrs import _consume, _notify, _tracing, _validation, errors
+from pgqrs import _consume, _deliveries, _notify, _tracing, _validation, errors
 from pgqrs import maintenance as _maint
 from pgqrs._consume import Handler, HandlerWrapper, SettledHook
 from pgqrs._worker import WorkerClient
@@ -37,13 +37,14 @@ class Consumer(WorkerClient):
     """Claims messages from one queue with a visibility timeout (lease), at least once.
 
     A claimed message is invisible to other consumers until its lease ends; then it can
-    be claimed again (``read_ct`` counts deliveries). Only the current holder can archive,
-    delete, extend or release it. The rules come from the queue (``Admin.create_queue``,
-    ``Admin.update_queue``), read by every claim: a message delivered the queue's
-    ``max_read_ct`` times is a dead letter, never delivered again until ``Admin.dlq()``
-    archives it and ``Admin.replay_dlq()`` puts it back; a claim without a lease of its
-    own gets the queue's ``visibility_timeout``; and nothing is claimed while the queue
-    is paused.
+    be claimed again (``read_ct`` counts deliveries). Only the current holder of that
+    delivery can archive, delete, extend or release it: pass the ``QueueMessage`` (or its
+    id, which names this consumer's delivery of it). The rules come from the queue
+    (``Admin.create_queue``, ``Admin.update_queue``), read by every claim: a message
+    delivered the queue's ``max_read_ct`` times is a dead letter, never delivered again
+    until ``Admin.dlq()`` archives it and ``Admin.replay_dlq()`` puts it back; a claim
+    without a lease of its own gets the queue's ``visibility_timeout``; and nothing is
+    claimed while the queue is paused.
 
     Example:
         async with Consumer(dsn, "tasks", "worker-1", 4000) as consumer:
@@ -91,6 +92,7 @@ class Consumer(WorkerClient):
         super().__init__(dsn, queue, hostname, port, **options)
         self._listener: _notify.Listener | None = None
         self._listener_loop = 0
+        self._deliveries = _deliveries.Deliveries()
 
     async def dequeue(self, limit: int = 1, *, visibility_timeout: float | None = None,
                       wait: float | None = None) -> list[QueueMessage]:
@@ -163,6 +165,7 @@ class Consumer(WorkerClient):
                         conn, queue_id=queue_id, worker_id=worker_id, limit=limit,
                         lease=lease,
                     )
+                self._deliveries.record(messages)
                 remaining = deadline - loop.time()
                 if (messages or subscription is None or remaining <= 0
                         or (stop is not None and stop.is_set())):
@@ -204,71 +207,112 @@ class Consumer(WorkerClient):
         """Claim up to ``limit`` messages with a lease of ``vt_seconds`` (original name)."""
         return await self.dequeue(limit, visibility_timeout=vt_seconds)
 
-    async def archive_dead(self, message_ids: Sequence[int]) -> list[bool]:
+    async def archive_dead(self, messages: Sequence[int | QueueMessage]) -> list[bool]:
         """Archive held messages marked as dead letters (the consume loop's give-up path)."""
-        return await self._acknowledge(message_ids, dead=True)
+        return await self._acknowledge(messages, action="dead")
 
-    async def archive(self, message_id: int) -> bool:
-        """Move a message this consumer holds to the archive; False if it does not hold it."""
-        return (await self.archive_batch([message_id]))[0]
+    async def archive(self, message: int | QueueMessage) -> bool:
+        """Move a message this consumer holds to the archive; False if it does not.
 
-    async def archive_batch(self, message_ids: Sequence[int]) -> list[bool]:
-        """Archive held messages in one atomic statement; one bool per id, in order."""
-        return await self._acknowledge(message_ids)
+        Pass the ``QueueMessage`` (or its id: this consumer's delivery of it). False once
+        the message was delivered again (its lease ran out) or is gone.
+        """
+        return (await self.archive_batch([message]))[0]
 
-    async def delete(self, message_id: int) -> bool:
+    async def archive_batch(self, messages: Sequence[int | QueueMessage]) -> list[bool]:
+        """Archive held messages in one atomic statement; one bool per message, in order.
+
+        Messages of ordered groups take a second statement, which also hands their groups
+        over to the next message.
+        """
+        return await self._acknowledge(messages, action="archive")
+
+    async def delete(self, message: int | QueueMessage) -> bool:
         """Delete a message this consumer holds; False if it does not hold it."""
-        return (await self.delete_batch([message_id]))[0]
+        return (await self.delete_batch([message]))[0]
 
-    async def delete_batch(self, message_ids: Sequence[int]) -> list[bool]:
-        """Delete held messages in one statement; one bool per id, in order."""
-        return await self._acknowledge(message_ids, delete=True)
+    async def delete_batch(self, messages: Sequence[int | QueueMessage]) -> list[bool]:
+        """Delete held messages in one statement; one bool per message, in order."""
+        return await self._acknowledge(messages, action="delete")
 
-    async def _acknowledge(self, message_ids: Sequence[int], *, delete: bool = False,
-                           dead: bool = False) -> list[bool]:
-        """Archive (or delete) the held messages in one statement; one bool per id."""
-        ids = _validation.message_ids(message_ids)
-        if not ids:
+    async def _acknowledge(self, messages: Sequence[int | QueueMessage], *,
+                           action: str) -> list[bool]:
+        """Archive (or delete) the held deliveries; one bool per message.
+
+        Each message is fenced by its delivery (``read_ct``) as well as by this worker, so
+        a consumer whose identity was taken over cannot settle what was delivered again
+        to the new owner. Ungrouped messages go in one statement, grouped ones in another
+        that also hands their groups over (see ``repositories._groups``).
+        """
+        named = [self._deliveries.named(m) for m in _validation.deliveries(messages)]
+        if not named:
             return []
         worker_id, _ = await self._ids("acknowledge messages", *_LIVE)
+        known = [r for r in named if r is not None]
         async with self._db.statement() as conn:
-            if delete:
-                done = await self._messages.delete(conn, worker_id=worker_id, ids=ids)
-            else:
-                done = await self._messages.archive(conn, worker_id=worker_id, ids=ids,
-                                                    dead=dead)
-        return [i in done for i in ids]
+            done = await self._messages.settle(
+                conn, worker_id=worker_id, action=action,
+                deliveries=[(i, r.read_ct, r.grouped) for i, r in known])
+        # Settled or lost (delivered again): either way this delivery is over.
+        self._deliveries.forget(known)
+        return [r is not None and r[0] in done for r in named]
 
-    async def extend_visibility(self, message_id: int, seconds: float) -> bool:
+    async def extend_visibility(self, message: int | QueueMessage, seconds: float) -> bool:
         """Make the lease end ``seconds`` from now; False if this consumer lost the message."""
-        (mid,) = _validation.message_ids([message_id])
+        (item,) = _validation.deliveries([message])
         lease = _validation.seconds("seconds", seconds, allow_zero=False)
+        named = self._deliveries.named(item)
         worker_id, _ = await self._ids("extend a lease", *_LIVE)
+        if named is None:
+            return False
         async with self._db.statement() as conn:
-            return await self._messages.extend(conn, worker_id=worker_id, message_id=mid,
-                                               seconds=lease)
+            return await self._messages.extend(conn, worker_id=worker_id, message_id=named[0],
+                                               read_ct=named[1].read_ct, seconds=lease)
 
-    async def release(self, message_ids: Sequence[int] | int, *,
+    async def release(self, messages: Sequence[int | QueueMessage] | int | QueueMessage, *,
                       delay: float | None = None) -> int:
         """Give held messages back (nack): visible again now, or after ``delay`` seconds.
+
+        A released group head stays its group's head: it is delivered again first.
 
         Returns:
             How many of the messages this consumer still held and released.
         """
-        ids = _validation.message_ids(message_ids)
+        items = _validation.deliveries(messages)
         seconds = _validation.seconds("delay", delay) if delay is not None else None
-        if not ids:
+        if not items:
             return 0
+        known = [r for r in map(self._deliveries.named, items) if r is not None]
         worker_id, _ = await self._ids("release messages", *_LIVE)
+        if not known:
+            return 0
         async with self._db.statement() as conn:
-            return await self._messages.release(conn, worker_id=worker_id, ids=ids,
-                                                delay=seconds)
+            released = await self._messages.release(
+                conn, worker_id=worker_id, ids=[i for i, _ in known],
+                read_cts=[r.read_ct for _, r in known], delay=seconds)
+        self._deliveries.forget(known)
+        return len(released)
 
     async def _seconds_until_due(self) -> float | None:
         """Seconds until a delayed or leased message of this queue becomes claimable."""
         _, queue_id = await self._ids("dequeue", *_LIVE)
         async with self._db.statement() as conn:
+            # Idle: a good moment to hand over a group whose last remover died before it
+            # could (see repositories._groups); its next message is then due at once.
+            await self._messages.heal(conn, queue_id=queue_id)
             return await self._messages.seconds_until_due(conn, queue_id=queue_id)
+
+    async def heartbeat(self) -> None:
+        """Record a heartbeat now, and hand over this queue's ordered groups left waiting.
+
+        A group waits when the consumer that removed its head died before handing it
+        over (see ``repositories._groups``); the background heartbeat fixes that within
+        a heartbeat interval. One cheap statement, on an index that is nearly always empty.
+        """
+        await super().heartbeat()
+        if self._queue_id is not None:
+            async with self._db.statement() as conn:
+                await self._messages.heal(conn, queue_id=self._queue_id)
 
     async def held_count(self) -> int:
         """How many messages this consumer currently holds."""
@@ -286,9 +330,10 @@ class Consumer(WorkerClient):
             )
 
     async def _release_held(self) -> None:
-        assert self._worker_id is not None
-        async with self._db.statement() as conn:
-            await self._messages.release_worker(conn, self._worker_id)
+        # This consumer's own deliveries only: after a takeover, the worker's other
+        # leases are the new owner's.
+        if self._deliveries:
+            await self.release(self._deliveries.ids())
 
     # -- the worker loop ------------------------------------------------------------------
 
@@ -435,17 +480,19 @@ class _LoopSource:
     async def seconds_until_due(self) -> float | None:
         return await self._consumer._seconds_until_due()
 
-    async def archive(self, ids: Sequence[int], *, dead: bool = False) -> list[bool]:
+    async def archive(self, messages: Sequence[int | QueueMessage], *,
+                      dead: bool = False) -> list[bool]:
         # Looked up on each call, so a test can wrap the Consumer's public methods.
         if dead:
-            return await self._consumer.archive_dead(ids)
-        return await self._consumer.archive_batch(ids)
+            return await self._consumer.archive_dead(messages)
+        return await self._consumer.archive_batch(messages)
 
-    async def release(self, ids: Sequence[int], *, delay: float | None = None) -> int:
-        return await self._consumer.release(ids, delay=delay)
+    async def release(self, messages: Sequence[int | QueueMessage], *,
+                      delay: float | None = None) -> int:
+        return await self._consumer.release(messages, delay=delay)
 
-    async def extend(self, message_id: int, seconds: float) -> bool:
-        return await self._consumer.extend_visibility(message_id, seconds)
+    async def extend(self, message: int | QueueMessage, seconds: float) -> bool:
+        return await self._consumer.extend_visibility(message, seconds)
 
     async def is_stopped(self) -> bool:
         if self._consumer._replaced:

@@ -169,11 +169,61 @@ async def _run_from_command(url: str, schema: str) -> None:
     engine = create_async_engine("postgresql+asyncpg://", async_creator=connect,
                                  poolclass=NullPool)
     try:
+        if _upgrading_to_head():
+            async with engine.connect() as conn:
+                auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await auto.run_sync(prepare_sync, schema)
         async with engine.begin() as conn:
             await _lock(conn)
             await conn.run_sync(_run_online, schema)
     finally:
         await engine.dispose()
+
+
+def _upgrading_to_head() -> bool:
+    """True when the running ``alembic`` command is ``upgrade head`` (or ``heads``)."""
+    from alembic import context
+
+    options = getattr(context.config, "cmd_opts", None)
+    command = getattr(options, "cmd", None)
+    name = getattr(command[0], "__name__", None) if command else None
+    return name == "upgrade" and getattr(options, "revision", None) in ("head", "heads") \
+        and not getattr(options, "sql", False)
+
+
+def prepare_sync(connection: Connection, schema: str) -> None:
+    """Run the online steps of the revisions an upgrade to head will apply, first.
+
+    A revision may define ``prepare_online(connection, schema)``: the parts of its upgrade
+    that must not run inside a transaction on a populated database (``CREATE INDEX
+    CONCURRENTLY``), idempotent, so that its ``upgrade()`` finds them done. This calls them,
+    oldest revision first, under the install lock taken at session level (two upgraders
+    never interleave). It does nothing on a fresh install (the tables are created empty in
+    the upgrade's one transaction), at head, or unless ``connection`` is in autocommit
+    mode (then ``upgrade()`` does every step inside its transaction).
+    """
+    from alembic.script import ScriptDirectory
+
+    if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+        return
+    script = ScriptDirectory(str(MIGRATIONS_DIR))
+
+    def pending() -> list[Any]:
+        current = current_revision(connection, schema)
+        if current is None:
+            return []
+        steps = reversed(list(script.iterate_revisions("heads", current)))
+        return [r.module for r in steps if r.revision != current
+                and hasattr(r.module, "prepare_online")]
+
+    if not pending():
+        return
+    connection.execute(select(func.pg_advisory_lock(ADVISORY_LOCK_KEY)))
+    try:
+        for module in pending():  # again: another upgrader may have finished meanwhile
+            module.prepare_online(connection, schema)
+    finally:
+        connection.execute(select(func.pg_advisory_unlock(ADVISORY_LOCK_KEY)))
 
 
 def _run_online(connection: Connection, schema: str) -> None:

@@ -25,6 +25,8 @@ from sqlalchemy import (
     Integer,
     Interval,
     MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -134,14 +136,32 @@ class Worker(PgqrsBase):
 
 
 class Message(PgqrsBase):
-    """A live message; ``vt`` is when it becomes (or became) claimable."""
+    """A live message; ``vt`` is when it becomes (or became) claimable.
+
+    Options (SPEC §13): ``priority`` (higher first), ``dedup_key`` (at most one live message
+    per key and queue), ``headers`` (a small str→str map) and ``group_key`` (an ordered
+    group). Of a group's live messages only the head (the oldest) is claimable; the others
+    are ``parked`` and stay out of the claim index until the head leaves (see
+    ``pgqrs.repositories._groups``).
+    """
 
     __tablename__ = "pgqrs_messages"
     __table_args__ = (
-        # Serves the dequeue query: equality on queue_id, FIFO walk by id, vt filtered.
+        # Lists and the dashboard page through a queue by id.
         Index(None, "queue_id", "id"),
         Index(None, "consumer_worker_id"),
         Index(None, "producer_worker_id"),
+        # The claim: per priority level, the oldest visible first. Delayed and leased rows
+        # (vt in the future) sort after every visible row of their level, so a claim never
+        # walks them; parked rows are not in it at all.
+        Index("ix_pgqrs_messages_claim", "queue_id", text("priority DESC"), "vt", "id",
+              postgresql_where=text("NOT parked")),
+        # Deduplication: one live message per key and queue (archiving frees the key).
+        Index("uq_pgqrs_messages_dedup_key", "queue_id", "dedup_key", unique=True,
+              postgresql_where=text("dedup_key IS NOT NULL")),
+        # The queue behind each group head: the next one to unpark is the lowest id.
+        Index("ix_pgqrs_messages_parked", "queue_id", "group_key", "id",
+              postgresql_where=text("parked")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -161,6 +181,38 @@ class Message(PgqrsBase):
     consumer_worker_id: Mapped[int | None] = mapped_column(
         BigInteger, ForeignKey("pgqrs_workers.id", ondelete="SET NULL"), nullable=True
     )
+    priority: Mapped[int] = mapped_column(SmallInteger, nullable=False,
+                                          server_default=text("0"))
+    parked: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+    dedup_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    group_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    headers: Mapped[dict[str, str] | None] = mapped_column(JSONB, nullable=True)
+
+
+class Group(PgqrsBase):
+    """An ordered group: its lock, how many live messages it has, whether it needs a head.
+
+    Every enqueue into the group and every removal of one of its messages updates this
+    row, which is what keeps "one head per group" true across processes (see
+    ``pgqrs.repositories._groups``). A row left at ``live = 0`` is deleted a little later.
+    """
+
+    __tablename__ = "pgqrs_groups"
+    __table_args__ = (
+        PrimaryKeyConstraint("queue_id", "group_key"),
+        # The claim heals groups whose head left without a successor in sight.
+        Index("ix_pgqrs_groups_needs_head", "queue_id", postgresql_where=text("needs_head")),
+        # Acks delete rows of groups that emptied.
+        Index("ix_pgqrs_groups_empty", "queue_id", postgresql_where=text("live = 0")),
+    )
+
+    queue_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("pgqrs_queues.id", ondelete="CASCADE"), nullable=False
+    )
+    group_key: Mapped[str] = mapped_column(Text, nullable=False)
+    live: Mapped[int] = mapped_column(Integer, nullable=False)
+    needs_head: Mapped[bool] = mapped_column(Boolean, nullable=False,
+                                             server_default=text("false"))
 
 
 class Archive(PgqrsBase):
@@ -194,6 +246,11 @@ class Archive(PgqrsBase):
     dead_letter: Mapped[bool] = mapped_column(
         Boolean, nullable=False, server_default=text("false")
     )
+    priority: Mapped[int] = mapped_column(SmallInteger, nullable=False,
+                                          server_default=text("0"))
+    dedup_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    group_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    headers: Mapped[dict[str, str] | None] = mapped_column(JSONB, nullable=True)
 
 
 
@@ -256,10 +313,12 @@ messages_table = cast(Table, Message.__table__)
 archive_table = cast(Table, Archive.__table__)
 schedules_table = cast(Table, Schedule.__table__)
 maintenance_table = cast(Table, MaintenanceLease.__table__)
+groups_table = cast(Table, Group.__table__)
 
 __all__ = [
     "NAMING_CONVENTION",
     "Archive",
+    "Group",
     "MaintenanceLease",
     "Message",
     "PgqrsBase",
@@ -267,6 +326,7 @@ __all__ = [
     "Schedule",
     "Worker",
     "archive_table",
+    "groups_table",
     "maintenance_table",
     "messages_table",
     "queues_table",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -89,8 +90,42 @@ class QueueInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class NewMessage:
+    """One message of ``Producer.enqueue_batch`` with options of its own (SPEC §13).
+
+    A plain ``dict`` in the same batch is a payload that takes the batch's options. A field
+    left ``None`` here takes the batch's value too.
+
+    Example:
+        await producer.enqueue_batch([
+            NewMessage({"step": 1}, group="order-42", dedup_key="order-42/1"),
+            NewMessage({"step": 2}, group="order-42", priority=5),
+            {"step": "ungrouped"},
+        ])
+    """
+
+    payload: dict[str, Any]
+    """The JSON object to deliver."""
+    priority: int | None = None
+    """Higher is claimed first (-32768 to 32767; default 0)."""
+    dedup_key: str | None = None
+    """While a message with this key is live in the queue, the batch gets that one's id."""
+    headers: Mapping[str, str] | None = None
+    """A small ``str -> str`` map kept apart from the payload (trace context, tenant)."""
+    group: str | None = None
+    """Ordered group: delivered in order, one message of the group leased at a time."""
+    delay: float | None = None
+    """Seconds before the message becomes visible."""
+
+
+@dataclass(frozen=True, slots=True)
 class QueueMessage:
-    """A live message (``pgqrs_messages``), as returned by ``Consumer.dequeue``."""
+    """A live message (``pgqrs_messages``), as returned by ``Consumer.dequeue``.
+
+    ``read_ct`` numbers the delivery: acknowledging, extending or releasing this object (or
+    its id, with the consumer that claimed it) acts on this delivery only. Once the message
+    was delivered again (its lease ran out), the call answers ``False``.
+    """
 
     id: int
     queue_id: int
@@ -101,6 +136,14 @@ class QueueMessage:
     dequeued_at: datetime | None
     producer_worker_id: int | None
     consumer_worker_id: int | None
+    priority: int = 0
+    """Higher is claimed first."""
+    headers: dict[str, str] = field(default_factory=dict)
+    """The headers given at enqueue (empty if none)."""
+    dedup_key: str | None = None
+    """The deduplication key given at enqueue, if any."""
+    group: str | None = None
+    """The ordered group, if any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +162,14 @@ class ArchivedMessage:
     producer_worker_id: int | None
     consumer_worker_id: int | None
     dead_letter: bool
+    priority: int = 0
+    """The priority it was enqueued with."""
+    headers: dict[str, str] = field(default_factory=dict)
+    """The headers it was enqueued with (empty if none)."""
+    dedup_key: str | None = None
+    """Its deduplication key, if any (free again: only live messages hold a key)."""
+    group: str | None = None
+    """Its ordered group, if any."""
 
 
 @dataclass(frozen=True, slots=True)

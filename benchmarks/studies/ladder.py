@@ -69,14 +69,16 @@ def _sa_calls(run: Callable[[Any, dict[str, Any]], Awaitable[Any]], q: int, w: i
     async def enqueue() -> object:
         result = await run(SA_ENQUEUE, {"p_queue_id": q,
                                         "p_payload": encode(scenarios.payload(next(n))),
-                                        "p_delay": timedelta(0), "p_worker_id": w})
+                                        "p_delay": timedelta(0), "p_worker_id": w,
+                                        "p_priority": 0, "p_headers": None})
         return result.scalar_one()
 
     async def cycle() -> object:
         rows = [r for r in await run(SA_DEQUEUE, {
             "p_queue_id": q, "p_worker_id": w, "p_limit": 1, "p_max_read_ct": 5,
             "p_lease": _LEASE})]
-        result = await run(SA_ARCHIVE, {"p_ids": [r.id for r in rows], "p_worker_id": w})
+        result = await run(SA_ARCHIVE, {"p_ids": [r.id for r in rows], "p_worker_id": w,
+                                        "p_read_cts": [r.read_ct for r in rows]})
         return list(result.scalars())
 
     return enqueue, cycle
@@ -86,10 +88,11 @@ async def _asyncpg_calls(conn: asyncpg.Connection, q: int, w: int) -> tuple[Call
     statements = (pgqrs_sql.enqueue(), pgqrs_sql.claim(), pgqrs_sql.archive())
     enq, deq, arc = [await conn.prepare(s.sql) for s in statements]
     enq_args = statements[0].binder("p_payload", p_queue_id=q, p_delay=timedelta(0),
-                                    p_worker_id=w)
+                                    p_worker_id=w, p_priority=0, p_headers=None)
     deq_args = statements[1].binder("p_limit", p_queue_id=q, p_max_read_ct=5, p_worker_id=w,
                                     p_lease=_LEASE)
-    arc_args = statements[2].binder("p_ids", p_worker_id=w)
+    arc_args = statements[2].binder("p_ids", p_worker_id=w, p_read_cts=[1])
+    read_cts_at = statements[2].names.index("p_read_cts")
     n = iter(range(10**9))
 
     async def enqueue() -> object:
@@ -99,7 +102,9 @@ async def _asyncpg_calls(conn: asyncpg.Connection, q: int, w: int) -> tuple[Call
         rows = await deq.fetch(*deq_args(1))
         # SQLAlchemy's pool connections decode jsonb already (its codec); plain ones don't.
         _ = [p if isinstance(p := r["payload"], dict) else json.loads(p) for r in rows]
-        return await arc.fetch(*arc_args([r["id"] for r in rows]))
+        args = arc_args([r["id"] for r in rows])
+        args[read_cts_at] = [r["read_ct"] for r in rows]
+        return await arc.fetch(*args)
 
     return enqueue, cycle
 

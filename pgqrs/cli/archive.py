@@ -1,4 +1,8 @@
-"""``pgqrs archive ...``: list, count, delete and purge archived messages; replay dead letters."""
+"""``pgqrs archive ...``: list, count, delete and purge archived messages; replay dead letters.
+
+``archive list`` shows every field of an archived message, its options (priority,
+headers, dedup key, group) included.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,12 @@
-"""``pgqrs message ...``: enqueue (one or a file of them), dequeue, inspect, override."""
+"""``pgqrs message ...``: enqueue (one or a file of them), dequeue, inspect, override.
+
+``message get`` and ``message dequeue`` show every field of a message, its options
+(priority, headers, dedup key, group) included.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -41,25 +46,51 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def _header(text: str) -> tuple[str, str]:
+    """Parse ``--header name=value`` (argparse type)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"invalid header {text!r} (use name=value)")
+    return name, value
+
+
 @group.command(
     "enqueue", "enqueue a JSON object (or many with --file)",
     arg("queue"),
     arg("payload", nargs="?", help="a JSON object"),
     arg("--delay", type=duration, default=None, help="invisible for this long"),
+    arg("--priority", type=int, default=0, help="higher is claimed first (default 0)"),
+    arg("--dedup-key", default=None,
+        help="while a message with this key is live, print its id and enqueue nothing"),
+    arg("--header", type=_header, action="append", default=[], metavar="NAME=VALUE",
+        help="a header (repeat for more)"),
+    arg("--group", default=None, help="ordered group: delivered in order, one at a time"),
     arg("--file", help="file with one JSON object per line ('-' for stdin)"),
 )
 async def enqueue(ctx: Context) -> object:
-    """``pgqrs message enqueue QUEUE ['JSON' | --file PATH] [--delay DURATION]``."""
+    """``pgqrs message enqueue QUEUE ['JSON' | --file PATH] [options]``.
+
+    Options: ``--delay D``, ``--priority N``, ``--dedup-key K``, ``--header NAME=VALUE``
+    (repeatable), ``--group G``. With ``--file`` every line gets the same options (a
+    dedup key would make all lines one message, so it is refused there).
+    """
     args = ctx.args
     hostname, port = _cli_identity()
+    headers = dict(args.header) or None
+    options: dict[str, Any] = {"delay": args.delay, "priority": args.priority,
+                               "headers": headers, "group": args.group}
     async with Producer(ctx.dsn, args.queue, hostname, port, schema=args.schema) as producer:
         if args.file is None:
             if args.payload is None:
                 raise errors.ValidationError("Give a JSON payload or --file")
-            return {"id": await producer.enqueue(_json_object(args.payload), delay=args.delay)}
+            return {"id": await producer.enqueue(_json_object(args.payload),
+                                                 dedup_key=args.dedup_key, **options)}
+        if args.dedup_key is not None:
+            raise errors.ValidationError("--dedup-key names one message; it cannot be "
+                                         "given with --file")
         stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
         try:
-            ids = await _enqueue_lines(producer, stream, args.delay,
+            ids = await _enqueue_lines(producer, stream, options,
                                        Progress("enqueued {} messages", quiet=args.quiet))
         finally:
             if stream is not sys.stdin:
@@ -68,7 +99,7 @@ async def enqueue(ctx: Context) -> object:
                 "last_id": ids[-1] if ids else None}
 
 
-async def _enqueue_lines(producer: Producer, stream: TextIO, delay: float | None,
+async def _enqueue_lines(producer: Producer, stream: TextIO, options: dict[str, Any],
                          progress: Progress) -> list[int]:
     """Enqueue one JSON object per non-blank line, in batches of :data:`BATCH`."""
     ids: list[int] = []
@@ -82,11 +113,11 @@ async def _enqueue_lines(producer: Producer, stream: TextIO, delay: float | None
             except errors.ValidationError as exc:
                 raise errors.ValidationError(f"line {number}: {exc}") from None
             if len(batch) >= BATCH:
-                ids += await producer.enqueue_batch(batch, delay=delay)
+                ids += await producer.enqueue_batch(batch, **options)
                 batch = []
                 progress.update(len(ids))
         if batch:
-            ids += await producer.enqueue_batch(batch, delay=delay)
+            ids += await producer.enqueue_batch(batch, **options)
     finally:
         # Also on error: the operator sees how far it got before the message.
         progress.finish(len(ids))

@@ -30,16 +30,14 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
-    delete,
     func,
-    insert,
     literal,
     select,
 )
 
 from pgqrs.models import archive_table, messages_table, queues_table, workers_table
-from pgqrs.repositories._base import Executor, Repository
-from pgqrs.repositories.messages import notifying
+from pgqrs.repositories._base import Executor, Repository, Statement
+from pgqrs.repositories.archive import replay_statement
 
 _m = messages_table
 _a = archive_table
@@ -144,9 +142,9 @@ _DEAD_COLUMNS = (
     _a.c.producer_worker_id,
 )
 
-# Replay of many dead letters in one statement per batch: the same move as
-# ArchiveRepository.replay (queue, payload, producer; a fresh message), which
-# tests/dashboard/test_actions.py checks row for row, for the ids of one batch.
+# Replay of many dead letters in one statement per batch: the very statement shape of
+# ArchiveRepository.replay (archive.replay_statement), for the ids of one batch;
+# tests/dashboard/test_http.py checks that both make the same message, column for column.
 _BATCH = bindparam("p_batch", type_=Integer)
 _replay_ids = (
     select(_a.c.id)
@@ -166,25 +164,11 @@ _replay_any_ids = (
 
 
 def _replay_statement(ids: Select[Any]) -> Any:
-    replayed = (
-        delete(_a)
-        .where(_a.c.id.in_(ids.scalar_subquery()))
-        .returning(_a.c.id, _a.c.queue_id, _a.c.payload, _a.c.producer_worker_id)
-        .cte("replayed")
-    )
-    return notifying(
-        insert(_m)
-        .from_select(
-            ["queue_id", "payload", "producer_worker_id"],
-            select(replayed.c.queue_id, replayed.c.payload, replayed.c.producer_worker_id)
-            .order_by(replayed.c.id),
-        )
-        .returning(_m.c.id, _m.c.queue_id)
-    )
+    return replay_statement(_a.c.id.in_(ids.scalar_subquery()))
 
 
-_REPLAY_QUEUE = _replay_statement(_replay_ids)
-_REPLAY_ANY = _replay_statement(_replay_any_ids)
+_REPLAY_QUEUE = Statement(_replay_statement(_replay_ids))
+_REPLAY_ANY = Statement(_replay_statement(_replay_any_ids))
 
 
 class DashboardRepository(Repository):
@@ -303,12 +287,10 @@ class DashboardRepository(Repository):
     async def replay_dead_letters(self, executor: Executor, *, queue_id: int | None,
                                   batch: int) -> int:
         """Replay up to ``batch`` dead letters (oldest first) as fresh messages; how many."""
-        # An operator's bulk action, not a hot path: the ordinary execution (``_rows`` is for
-        # module-level ``Statement`` objects only).
         if queue_id is None:
-            result = await self._execute(executor, _REPLAY_ANY, {
+            rows = await self._rows(executor, _REPLAY_ANY, {
                 "p_batch": batch, "p_channel": self.channel})
         else:
-            result = await self._execute(executor, _REPLAY_QUEUE, {
+            rows = await self._rows(executor, _REPLAY_QUEUE, {
                 "p_batch": batch, "p_queue_id": queue_id, "p_channel": self.channel})
-        return len(result.all())
+        return len(rows)

@@ -25,7 +25,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 from pgqrs import __version__, _tracing
-from pgqrs.types import Outcome, QueueMessage, Settled
+from pgqrs.types import NewMessage, Outcome, QueueMessage, Settled
 
 SYSTEM = "pgqrs"
 """The ``messaging.system`` attribute of every pgqrs span."""
@@ -52,7 +52,7 @@ def context_of(message: QueueMessage) -> otel_context.Context:
     Args:
         message: a message read from the queue.
     """
-    headers: Mapping[str, str] | None = getattr(message, "headers", None)
+    headers = message.headers
     if not headers:
         return _EMPTY  # nothing to parse: a new trace
     return propagate.extract(headers, context=otel_context.Context())
@@ -83,14 +83,9 @@ class _Send:
 
     def inject_each(self, items: Sequence[Any]) -> Sequence[Any]:
         # ``NewMessage`` items with headers of their own do not take the batch's.
-        out = []
-        for item in items:
-            own = getattr(item, "headers", None)
-            if own is not None and dataclasses.is_dataclass(item) and not isinstance(
-                    item, type):
-                item = dataclasses.replace(item, headers=self.inject(own))
-            out.append(item)
-        return out
+        return [dataclasses.replace(item, headers=self.inject(item.headers))
+                if isinstance(item, NewMessage) and item.headers is not None else item
+                for item in items]
 
     def sent(self, ids: Sequence[int]) -> None:
         if len(ids) == 1:

@@ -12,11 +12,14 @@ from typing import Any, NamedTuple
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    ColumnElement,
     DateTime,
+    Text,
     bindparam,
+    cast,
     delete,
     func,
-    insert,
+    null,
     or_,
     select,
     text,
@@ -24,26 +27,40 @@ from sqlalchemy import (
 
 from pgqrs.models import archive_table, messages_table
 from pgqrs.repositories._base import Executor, Repository, Statement
-from pgqrs.repositories.messages import notifying, to_archived
+from pgqrs.repositories._groups import entering, notified
+from pgqrs.repositories.messages import to_archived
 from pgqrs.types import ArchivedMessage
 
 _a = archive_table
 _m = messages_table
 
-_replayed = (
-    delete(_a)
-    .where(_a.c.id == bindparam("p_id"), _a.c.dead_letter.is_(True))
-    .returning(_a.c.queue_id, _a.c.payload, _a.c.producer_worker_id)
-    .cte("replayed")
-)
-_REPLAY = Statement(notifying(
-    insert(_m)
-    .from_select(
-        ["queue_id", "payload", "producer_worker_id"],
-        select(_replayed.c.queue_id, _replayed.c.payload, _replayed.c.producer_worker_id),
+
+def replay_statement(which: ColumnElement[bool]) -> Any:
+    """Put the dead letters matching ``which`` back on their queues as fresh messages.
+
+    A replayed message keeps its queue, payload, producer, priority, headers and group
+    (joining the group's end, as a new enqueue would), oldest dead letter first. It does
+    not keep its dedup key: the key was free from the moment the message died, and a
+    producer may have used it again since. Returns ``SELECT id, ...`` of the new messages,
+    NOTIFYing their queues. ``Admin.replay_dlq`` and the dashboard's "replay all" both use
+    it, so the two always make the same message.
+    """
+    replayed = (
+        delete(_a).where(which, _a.c.dead_letter.is_(True))
+        .returning(_a.c.id, _a.c.queue_id, _a.c.payload, _a.c.producer_worker_id,
+                   _a.c.priority, _a.c.headers, _a.c.group_key)
+        .cte("replayed")
     )
-    .returning(_m.c.id, _m.c.queue_id)
-))
+    rows = select(
+        replayed.c.queue_id, replayed.c.payload, func.now().label("vt"),
+        replayed.c.producer_worker_id, replayed.c.priority, replayed.c.headers,
+        replayed.c.group_key, cast(null(), Text).label("dedup_key"),
+        replayed.c.id.label("ord"),
+    ).cte("rows")
+    return notified(entering(rows).cte("changed"))
+
+
+_REPLAY = Statement(replay_statement(_a.c.id == bindparam("p_id")))
 
 _CUTOFF = bindparam("p_cutoff", type_=DateTime(timezone=True))
 # A purge batch looks at the next ``p_limit`` rows of one queue in id order (the

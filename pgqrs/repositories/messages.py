@@ -1,4 +1,7 @@
-"""Statements on ``pgqrs_messages``: enqueue, the SKIP LOCKED claim, acks and counts.
+"""Statements on ``pgqrs_messages``: acks fenced per delivery, releases, reads, counts.
+
+Enqueues live in ``_enqueue``, the claim in ``_claim``, and what ordered groups add to
+removals in ``_groups``; ``MessageRepository`` runs them all.
 
 Every statement is built once at import; the schema map is applied per execution, so
 SQLAlchemy's compiled cache serves them all after first use. The hot-path ones are
@@ -18,6 +21,7 @@ from sqlalchemy import (
     ARRAY,
     BigInteger,
     ColumnElement,
+    Integer,
     Interval,
     Text,
     and_,
@@ -32,15 +36,15 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.sql.elements import Grouping
 
-from pgqrs.models import archive_table, messages_table, queues_table, workers_table
-from pgqrs.repositories._base import EncodedJSONB, Executor, Repository, Statement
-from pgqrs.types import ArchivedMessage, QueueMessage, WorkerStatus
+from pgqrs.models import archive_table, messages_table, queues_table
+from pgqrs.repositories import _claim, _enqueue, _groups
+from pgqrs.repositories._base import Executor, Statement
+from pgqrs.types import ArchivedMessage, QueueMessage
 
 _m = messages_table
 _a = archive_table
-_w = workers_table
 _q = queues_table
 
 _NOW = func.now()
@@ -64,86 +68,39 @@ def notifying(statement: Any) -> Any:
                   func.pg_notify(_CHANNEL, cast(changed.c.queue_id, Text)).label("notified"))
 
 
-_ENQUEUE = Statement(notifying(
-    insert(_m)
-    .values(
-        queue_id=_QUEUE,
-        payload=bindparam("p_payload", type_=EncodedJSONB),
-        vt=_NOW + _DELAY,
-        producer_worker_id=_WORKER,
-    )
-    .returning(_m.c.id, _m.c.queue_id)
-))
+# Enqueue statements live in _enqueue; the names here are the ones the fast-path tests and
+# the benchmarks' floor look up.
+_ENQUEUE = _enqueue.ENQUEUE
+_ENQUEUE_BATCH = _enqueue.ENQUEUE_BATCH
 
-_batch = (
-    func.unnest(bindparam("p_payloads", type_=ARRAY(Text)))
-    .table_valued("payload", with_ordinality="ord")
-    .render_derived()
-)
-_ENQUEUE_BATCH = Statement(notifying(
-    insert(_m)
-    .from_select(
-        ["queue_id", "payload", "vt", "producer_worker_id"],
-        select(_QUEUE, cast(_batch.c.payload, JSONB), _NOW + _DELAY, _WORKER).order_by(
-            _batch.c.ord
-        ),
-    )
-    .returning(_m.c.id, _m.c.queue_id)
-))
+# The claim and "when is the next message due" live in _claim; the names here are the
+# ones the plan tests and the benchmarks' floor look up.
+_DEQUEUE = _claim.DEQUEUE
+_NEXT_DUE = _claim.NEXT_DUE
 
-# The claim: FIFO by id, visible now, attempts left, the queue not paused, and the consumer
-# still 'ready' (so a worker suspended from outside stops receiving at once). The threshold
-# and the paused flag come from the queue row in this very statement, so a policy change
-# reaches running consumers on their next claim. Both lookups are uncorrelated (InitPlans,
-# run once): the paused check is a one-time filter, so a paused queue's messages are not
-# even scanned, and the threshold is a constant for the index walk.
-_queue_row = _q.c.id == _QUEUE
-_claimable = (
-    select(_m.c.id)
-    .where(
-        _m.c.queue_id == _QUEUE,
-        _m.c.vt <= _NOW,
-        _m.c.read_ct < select(_q.c.max_read_ct).where(_queue_row).scalar_subquery(),
-        select(_q.c.id).where(_queue_row, _q.c.paused.is_(False)).exists(),
-        select(_w.c.id)
-        .where(_w.c.id == _WORKER, _w.c.status == WorkerStatus.READY)
-        .exists(),
-    )
-    .order_by(_m.c.id)
-    .limit(bindparam("p_limit"))
-    .with_for_update(skip_locked=True)
-    .cte("claim")
-)
-# A NULL p_lease means "the queue's visibility_timeout" (another one-time lookup). The
-# policy is not returned with the rows: that cost ~10% per claim, and the consume loop
-# needs it only when a handler fails (QueueRepository.policy, or retry_or_dead_letter()).
-_DEQUEUE = Statement(
-    update(_m)
-    .where(_m.c.id == _claimable.c.id)
-    .values(
-        vt=_NOW + func.coalesce(
-            bindparam("p_lease", type_=Interval),
-            select(_q.c.visibility_timeout).where(_queue_row).scalar_subquery(),
-        ),
-        read_ct=_m.c.read_ct + 1,
-        dequeued_at=_NOW,
-        consumer_worker_id=_WORKER,
-    )
-    .returning(*_m.c)
-)
 
-_OWNED = and_(_m.c.id == any_(_IDS), _m.c.consumer_worker_id == _WORKER)
+# The fence: the worker holds the message AND it is the delivery the caller names (the
+# read_ct it was claimed at; a redelivery increments it). p_read_cts runs parallel to
+# p_ids.
+_READ_CTS = bindparam("p_read_cts", type_=ARRAY(Integer))
+_HELD = and_(_m.c.id == any_(_IDS), _m.c.consumer_worker_id == _WORKER,
+             _m.c.read_ct == Grouping(_READ_CTS)[func.array_position(_IDS, _m.c.id)])
+# Ungrouped messages leave in one statement; a grouped one must hand over to the next of
+# its group (see _groups), so these statements leave grouped rows alone.
+_UNGROUPED = and_(_HELD, _m.c.group_key.is_(None))
 
-_DELETE = Statement(delete(_m).where(_OWNED).returning(_m.c.id))
+_DELETE = Statement(delete(_m).where(_UNGROUPED).returning(_m.c.id))
 _EXTEND = Statement(
     update(_m)
-    .where(_m.c.id == bindparam("p_id"), _m.c.consumer_worker_id == _WORKER)
+    .where(_m.c.id == bindparam("p_id"), _m.c.consumer_worker_id == _WORKER,
+           _m.c.read_ct == bindparam("p_read_ct", type_=Integer))
     .values(vt=_NOW + bindparam("p_lease", type_=Interval))
     .returning(_m.c.id)
 )
+# A released group head stays the head: it is delivered again before the rest.
 _RELEASE = Statement(notifying(
     update(_m)
-    .where(_OWNED)
+    .where(_HELD)
     .values(vt=_NOW + _DELAY, consumer_worker_id=None)
     .returning(_m.c.id, _m.c.queue_id)
 ))
@@ -154,38 +111,48 @@ _RELEASE_WORKER = Statement(notifying(
     .returning(_m.c.id, _m.c.queue_id)
 ))
 
-_ARCHIVE_COLUMNS = [
-    "original_msg_id", "queue_id", "payload", "enqueued_at", "vt", "read_ct", "dequeued_at",
-    "producer_worker_id", "consumer_worker_id", "dead_letter",
-]
-
 
 def _archive_statement(where: ColumnElement[bool], *, dead: bool) -> Any:
-    """One statement that moves the matching live rows into the archive."""
+    """One statement that moves the matching (ungrouped) live rows into the archive."""
     moved = delete(_m).where(where).returning(*_m.c).cte("moved")
     rows = select(
         moved.c.id, moved.c.queue_id, moved.c.payload, moved.c.enqueued_at, moved.c.vt,
         moved.c.read_ct, moved.c.dequeued_at, moved.c.producer_worker_id,
-        moved.c.consumer_worker_id, literal_column("true" if dead else "false"),
+        moved.c.consumer_worker_id, moved.c.priority, moved.c.dedup_key, moved.c.group_key,
+        moved.c.headers, literal_column("true" if dead else "false"),
     )
-    return insert(_a).from_select(_ARCHIVE_COLUMNS, rows).returning(_a.c.original_msg_id)
+    return (insert(_a).from_select(list(_groups.ARCHIVE_COLUMNS), rows)
+            .returning(_a.c.original_msg_id))
 
 
-_ARCHIVE = Statement(_archive_statement(_OWNED, dead=False))
-_ARCHIVE_DEAD = Statement(_archive_statement(_OWNED, dead=True))
-_ARCHIVE_ANY = Statement(_archive_statement(_m.c.id == any_(_IDS), dead=False))
-_DELETE_ANY = Statement(delete(_m).where(_m.c.id == any_(_IDS)).returning(_m.c.id))
+_ARCHIVE = Statement(_archive_statement(_UNGROUPED, dead=False))
+_ARCHIVE_DEAD = Statement(_archive_statement(_UNGROUPED, dead=True))
+
+# Removals that may touch grouped rows, which hand their groups over (see _groups).
+_HEAL = Statement(_groups.heal(bindparam("p_heal_queue", type_=BigInteger)))
+_LEAVE = {
+    ("archive", True): Statement(_groups.leaving(_HELD, archive=True)),
+    ("dead", True): Statement(_groups.leaving(_HELD, archive=True, dead=True)),
+    ("delete", True): Statement(_groups.leaving(_HELD, archive=False)),
+    ("archive", False): Statement(_groups.leaving(_m.c.id == any_(_IDS), archive=True)),
+    ("delete", False): Statement(_groups.leaving(_m.c.id == any_(_IDS), archive=False)),
+}
 # Dead: as many deliveries as the message's own queue allows, and the lease over. The
 # queue table in the WHERE clause makes this DELETE ... USING pgqrs_queues: one join, each
 # message measured against its queue's threshold.
 _DEAD_ANY_QUEUE = and_(_m.c.queue_id == _q.c.id, _m.c.read_ct >= _q.c.max_read_ct,
                        _m.c.vt <= _NOW)
-_DLQ_ALL = _archive_statement(_DEAD_ANY_QUEUE, dead=True)
-_DLQ_QUEUE = _archive_statement(and_(_DEAD_ANY_QUEUE, _m.c.queue_id == _QUEUE), dead=True)
+_DLQ_ALL = _groups.leaving(_DEAD_ANY_QUEUE, archive=True, dead=True)
+_DLQ_QUEUE = _groups.leaving(and_(_DEAD_ANY_QUEUE, _m.c.queue_id == _QUEUE), archive=True,
+                             dead=True)
 
 
 def _payload(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
+
+
+def _headers(value: Any) -> dict[str, str]:
+    return {} if value is None else dict(_payload(value))
 
 
 def to_message(row: Mapping[Any, Any]) -> QueueMessage:
@@ -194,7 +161,9 @@ def to_message(row: Mapping[Any, Any]) -> QueueMessage:
         id=row["id"], queue_id=row["queue_id"], payload=_payload(row["payload"]),
         vt=row["vt"], enqueued_at=row["enqueued_at"], read_ct=row["read_ct"],
         dequeued_at=row["dequeued_at"], producer_worker_id=row["producer_worker_id"],
-        consumer_worker_id=row["consumer_worker_id"],
+        consumer_worker_id=row["consumer_worker_id"], priority=row["priority"],
+        headers=_headers(row["headers"]), dedup_key=row["dedup_key"],
+        group=row["group_key"],
     )
 
 
@@ -206,6 +175,8 @@ def to_archived(row: Mapping[Any, Any]) -> ArchivedMessage:
         read_ct=row["read_ct"], archived_at=row["archived_at"],
         dequeued_at=row["dequeued_at"], producer_worker_id=row["producer_worker_id"],
         consumer_worker_id=row["consumer_worker_id"], dead_letter=row["dead_letter"],
+        priority=row["priority"], headers=_headers(row["headers"]),
+        dedup_key=row["dedup_key"], group=row["group_key"],
     )
 
 
@@ -213,53 +184,23 @@ def _seconds(value: float | None) -> timedelta:
     return timedelta(seconds=value or 0)
 
 
-# Not only future vts: a message that fell due a moment ago, after the claim that missed
-# it, must count too (0), or "idle" would be declared with work still to do.
-_NEXT_DUE = Statement(select(
-    func.extract("epoch", func.min(_m.c.vt) - _NOW).label("due"),
-    select(_q.c.paused).where(_queue_row).scalar_subquery().label("paused"),
-).where(
-    _m.c.queue_id == _QUEUE,
-    _m.c.read_ct < select(_q.c.max_read_ct).where(_queue_row).scalar_subquery(),
-))
-
-
-class MessageRepository(Repository):
+class MessageRepository(_enqueue.Enqueuing):
     """Live messages: enqueue, claim, ack (archive/delete), extend, release, counts."""
-
-    async def enqueue(self, executor: Executor, *, queue_id: int, payload: str,
-                      delay: float | None, worker_id: int | None) -> int:
-        """Insert one pre-encoded JSON payload; return its id."""
-        rows = await self._rows(executor, _ENQUEUE, {
-            "p_queue_id": queue_id, "p_payload": payload, "p_delay": _seconds(delay),
-            "p_worker_id": worker_id, "p_channel": self.channel,
-        })
-        return int(rows[0]["id"])
-
-    async def enqueue_batch(self, executor: Executor, *, queue_id: int,
-                            payloads: Sequence[str], delay: float | None,
-                            worker_id: int | None) -> builtins.list[int]:
-        """Insert many pre-encoded payloads in one statement; ids in input order."""
-        rows = await self._rows(executor, _ENQUEUE_BATCH, {
-            "p_queue_id": queue_id, "p_payloads": list(payloads), "p_delay": _seconds(delay),
-            "p_worker_id": worker_id, "p_channel": self.channel,
-        })
-        # Ids come from one sequence in ordinality order, so sorting restores input order.
-        return sorted(int(r["id"]) for r in rows)
 
     async def dequeue(self, executor: Executor, *, queue_id: int, worker_id: int, limit: int,
                       lease: float | None = None) -> builtins.list[QueueMessage]:
-        """Claim up to ``limit`` visible messages for ``worker_id``, oldest first.
+        """Claim up to ``limit`` visible messages for ``worker_id``, highest priority first.
 
-        The queue's row decides, in the same statement: nothing while it is paused, no
-        message delivered ``max_read_ct`` times, and the lease when ``lease`` is None
-        (each message's lease is then ``vt - dequeued_at``).
+        Within a priority the oldest visible first (``vt``), and of an ordered group only
+        its head. The queue's row decides, in the same statement: nothing while it is
+        paused, no message delivered ``max_read_ct`` times, and the lease when ``lease``
+        is None (each message's lease is then ``vt - dequeued_at``).
         """
         rows = await self._rows(executor, _DEQUEUE, {
             "p_queue_id": queue_id, "p_worker_id": worker_id, "p_limit": limit,
             "p_lease": None if lease is None else timedelta(seconds=lease),
         })
-        return sorted((to_message(r) for r in rows), key=lambda m: m.id)
+        return sorted((to_message(r) for r in rows), key=lambda m: (-m.priority, m.id))
 
     async def seconds_until_due(self, executor: Executor, *, queue_id: int) -> float | None:
         """Seconds until the next message (delayed, leased or visible: 0) is claimable.
@@ -276,44 +217,97 @@ class MessageRepository(Repository):
         return math.inf if rows[0]["paused"] else max(float(value), 0.0)
 
     async def archive(self, executor: Executor, *, worker_id: int | None,
-                      ids: Sequence[int], dead: bool = False) -> set[int]:
+                      ids: Sequence[int], read_cts: Sequence[int] | None = None,
+                      dead: bool = False) -> set[int]:
         """Move messages to the archive (``dead`` marks dead letters); return the moved ids.
 
-        With a ``worker_id`` only the messages that worker holds move (the lease fence);
-        ``None`` is the operator's override and moves them whoever holds them.
+        With a ``worker_id``, only the deliveries it holds (``read_cts``, parallel to
+        ``ids``) of *ungrouped* messages move: the lease fence, on the leanest statement
+        (grouped ones go through ``leave``). ``None`` is the operator's override: whoever
+        holds them, grouped or not.
         """
         if worker_id is None:
-            statement = _ARCHIVE_ANY
-        else:
-            statement = _ARCHIVE_DEAD if dead else _ARCHIVE
-        rows = await self._rows(executor, statement, {"p_ids": list(ids),
-                                                      "p_worker_id": worker_id})
+            return await self.leave(executor, worker_id=None, ids=ids, action="archive")
+        rows = await self._rows(executor, _ARCHIVE_DEAD if dead else _ARCHIVE, {
+            "p_ids": list(ids), "p_worker_id": worker_id, "p_read_cts": _cts(ids, read_cts)})
         return {int(r["original_msg_id"]) for r in rows}
 
     async def delete(self, executor: Executor, *, worker_id: int | None,
-                     ids: Sequence[int]) -> set[int]:
-        """Delete messages (only those ``worker_id`` holds, unless it is None)."""
-        statement = _DELETE if worker_id is not None else _DELETE_ANY
-        rows = await self._rows(executor, statement, {"p_ids": list(ids),
-                                                      "p_worker_id": worker_id})
+                     ids: Sequence[int], read_cts: Sequence[int] | None = None) -> set[int]:
+        """Delete messages: as ``archive``, without keeping them."""
+        if worker_id is None:
+            return await self.leave(executor, worker_id=None, ids=ids, action="delete")
+        rows = await self._rows(executor, _DELETE, {
+            "p_ids": list(ids), "p_worker_id": worker_id, "p_read_cts": _cts(ids, read_cts)})
         return {int(r["id"]) for r in rows}
 
+    async def settle(self, executor: Executor, *, worker_id: int,
+                     deliveries: Sequence[tuple[int, int, bool]], action: str) -> set[int]:
+        """Archive (``"archive"``, ``"dead"``) or ``"delete"`` held deliveries.
+
+        ``deliveries`` are ``(id, read_ct, grouped)``. Ungrouped ones go on the leanest
+        statement, grouped ones through ``leave``: at most two statements, each atomic.
+        Returns the ids settled.
+        """
+        done: set[int] = set()
+        for grouped in (False, True):
+            part = [(i, r) for i, r, g in deliveries if g is grouped]
+            if not part:
+                continue
+            ids, read_cts = [i for i, _ in part], [r for _, r in part]
+            if grouped:
+                done |= await self.leave(executor, worker_id=worker_id, ids=ids,
+                                         read_cts=read_cts, action=action)
+            elif action == "delete":
+                done |= await self.delete(executor, worker_id=worker_id, ids=ids,
+                                          read_cts=read_cts)
+            else:
+                done |= await self.archive(executor, worker_id=worker_id, ids=ids,
+                                           read_cts=read_cts, dead=action == "dead")
+        return done
+
+    async def leave(self, executor: Executor, *, worker_id: int | None, ids: Sequence[int],
+                    action: str, read_cts: Sequence[int] | None = None) -> set[int]:
+        """Archive (``"archive"``, ``"dead"``) or ``"delete"`` messages, grouped or not.
+
+        One statement that also hands each group that loses its head over to its next
+        message (see ``_groups``). With a ``worker_id`` only its deliveries ``read_cts``
+        are taken (the fence).
+        """
+        params: dict[str, Any] = {"p_ids": list(ids), "p_channel": self.channel}
+        if worker_id is not None:
+            params.update(p_worker_id=worker_id, p_read_cts=_cts(ids, read_cts))
+        rows = await self._rows(executor, _LEAVE[action, worker_id is not None], params)
+        if any(r["flagged"] for r in rows):
+            await self.heal(executor)
+        return {int(r["id"]) for r in rows if r["id"] is not None}
+
+    async def heal(self, executor: Executor, *, queue_id: int | None = None) -> int:
+        """Hand over groups whose head left without a successor in sight (see ``_groups``).
+
+        Of one queue, or of all; never waits for a lock. Returns how many were handed over.
+        """
+        rows = await self._rows(executor, _HEAL, {"p_heal_queue": queue_id,
+                                                  "p_channel": self.channel})
+        return len(rows)
+
     async def extend(self, executor: Executor, *, worker_id: int, message_id: int,
-                     seconds: float) -> bool:
-        """Set the lease to end ``seconds`` from now, if this worker holds it."""
+                     read_ct: int, seconds: float) -> bool:
+        """Set the lease to end ``seconds`` from now, if this worker holds that delivery."""
         rows = await self._rows(executor, _EXTEND, {
-            "p_id": message_id, "p_worker_id": worker_id, "p_lease": _seconds(seconds),
+            "p_id": message_id, "p_worker_id": worker_id, "p_read_ct": read_ct,
+            "p_lease": _seconds(seconds),
         })
         return bool(rows)
 
     async def release(self, executor: Executor, *, worker_id: int, ids: Sequence[int],
-                      delay: float | None) -> int:
-        """Give held messages back, visible again after ``delay``; return how many."""
+                      read_cts: Sequence[int], delay: float | None) -> set[int]:
+        """Give held deliveries back, visible again after ``delay``; return their ids."""
         rows = await self._rows(executor, _RELEASE, {
-            "p_ids": list(ids), "p_worker_id": worker_id, "p_delay": _seconds(delay),
-            "p_channel": self.channel,
+            "p_ids": list(ids), "p_worker_id": worker_id, "p_read_cts": list(read_cts),
+            "p_delay": _seconds(delay), "p_channel": self.channel,
         })
-        return len(rows)
+        return {int(r["id"]) for r in rows}
 
     async def release_worker(self, executor: Executor, worker_id: int) -> int:
         """Release everything ``worker_id`` holds, visible at once; return how many."""
@@ -326,13 +320,17 @@ class MessageRepository(Repository):
                                 queue_id: int | None) -> builtins.list[int]:
         """Archive exhausted messages whose lease is over, marked dead; return their ids.
 
-        Each message is measured against its own queue's ``max_read_ct``, whoever asks.
+        Each message is measured against its own queue's ``max_read_ct``, whoever asks. A
+        dead group head hands its group over to the next message.
         """
-        if queue_id is None:
-            result = await self._execute(executor, _DLQ_ALL)
-        else:
-            result = await self._execute(executor, _DLQ_QUEUE, {"p_queue_id": queue_id})
-        return sorted(int(i) for i in result.scalars())
+        params: dict[str, Any] = {"p_channel": self.channel}
+        if queue_id is not None:
+            params["p_queue_id"] = queue_id
+        result = await self._execute(executor, _DLQ_ALL if queue_id is None else _DLQ_QUEUE,
+                                     params)
+        moved = sorted(int(r[0]) for r in result if r[0] is not None)
+        await self.heal(executor, queue_id=queue_id)  # and any group left waiting
+        return moved
 
     async def get(self, executor: Executor, message_id: int) -> QueueMessage | None:
         """The live message with this id, or None."""
@@ -367,10 +365,12 @@ class MessageRepository(Repository):
                       queue_id: int | None) -> dict[int, dict[str, Any]]:
         """Per-queue counts in one snapshot: total, pending, leased, delayed, dead.
 
-        "Dead" uses each queue's own ``max_read_ct`` (joined from its row).
+        "Dead" uses each queue's own ``max_read_ct`` (joined from its row); "delayed"
+        includes messages parked behind their group's head.
         """
         exhausted = _m.c.read_ct >= _q.c.max_read_ct
-        visible = _m.c.vt <= _NOW
+        # A parked message waits for its group's head: "delayed", not "pending".
+        visible = and_(_m.c.vt <= _NOW, ~_m.c.parked)
 
         def count_if(cond: Any) -> Any:
             return func.count(case((cond, 1)))
@@ -389,3 +389,9 @@ class MessageRepository(Repository):
         if queue_id is not None:
             stmt = stmt.where(_m.c.queue_id == queue_id)
         return {r.queue_id: r._asdict() for r in await self._execute(executor, stmt)}
+
+
+def _cts(ids: Sequence[int], read_cts: Sequence[int] | None) -> builtins.list[int]:
+    if read_cts is None or len(read_cts) != len(ids):
+        raise ValueError("read_cts must name the delivery of every id")
+    return list(read_cts)

@@ -22,6 +22,7 @@ from sqlalchemy import (
 
 from pgqrs import errors
 from pgqrs.models import archive_table, messages_table, queues_table, workers_table
+from pgqrs.repositories import _groups
 from pgqrs.repositories._base import Executor, Repository, Statement
 from pgqrs.settings import POLICY_FIELDS
 from pgqrs.types import QueueInfo, QueuePolicy, WorkerStatus
@@ -194,9 +195,12 @@ class QueueRepository(Repository):
 
     async def purge(self, executor: Executor, queue_id: int) -> int:
         """Delete the queue's messages and archive rows; return how many rows went."""
+        params = {"p_queue_id": queue_id}  # ordered groups go too (see _groups)
+        await self._execute(executor, _groups.LOCK_QUEUE_GROUPS, params)
         live = await self._execute(
             executor, delete(_messages).where(_messages.c.queue_id == queue_id)
         )
+        await self._execute(executor, _groups.DROP_EMPTY_GROUPS, params)
         archived = await self._execute(
             executor, delete(_archive).where(_archive.c.queue_id == queue_id)
         )

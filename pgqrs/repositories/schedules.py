@@ -19,6 +19,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from pgqrs._schedule import ScheduleInfo
+from pgqrs._validation import Options
 from pgqrs.models import queues_table, schedules_table
 from pgqrs.repositories._base import EncodedJSONB, Executor, Repository
 from pgqrs.repositories.messages import MessageRepository
@@ -63,7 +64,8 @@ _ADVANCE = (
     update(_s)
     .where(_s.c.id == _ID, _s.c.next_run == bindparam("p_due"))
     .values(next_run=bindparam("p_next"), last_run_at=bindparam("p_due"))
-    .returning(_s.c.queue_id, cast(_s.c.payload, Text).label("payload"))
+    .returning(_s.c.queue_id, cast(_s.c.payload, Text).label("payload"),
+               cast(_s.c.headers, Text).label("headers"))
 )
 _RECORD = update(_s).where(_s.c.id == _ID).values(last_message_id=bindparam("p_message_id"))
 
@@ -150,10 +152,10 @@ class ScheduleRepository(Repository):
         })).first()
         if row is None or not enqueue:
             return None
-        # TODO(lead, issue 14): pass the schedule's headers once messages have a headers
-        # column (they are stored in pgqrs_schedules.headers, read them in _ADVANCE).
         message_id = await messages.enqueue(executor, queue_id=row.queue_id,
-                                            payload=row.payload, delay=None, worker_id=None)
+                                            payload=row.payload,
+                                            options=Options(headers=row.headers),
+                                            worker_id=None)
         await self._execute(executor, _RECORD, {"p_id": schedule_id,
                                                 "p_message_id": message_id})
         return message_id

@@ -111,6 +111,12 @@ class SyncDatabase:
         with errors.translate_db_errors(), self._autocommit.connect() as conn:
             yield SyncExecutor(conn)
 
+    @contextlib.asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[Executor]:
+        """A connection in autocommit mode, given back on exit (as ``Database.autocommit``)."""
+        with errors.translate_db_errors(), self._autocommit.connect() as conn:
+            yield SyncExecutor(conn)
+
     def lock(self) -> ThreadLock:
         """A thread lock: one sync client may be shared by the threads of a web server."""
         return ThreadLock()

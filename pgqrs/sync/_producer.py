@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from pgqrs import producer
 from pgqrs.settings import Settings
 from pgqrs.sync import _db, _loop
-from pgqrs.types import WorkerStatus
+from pgqrs.types import NewMessage, WorkerStatus
 
 T = TypeVar("T")
 
@@ -89,25 +89,34 @@ class Producer:
         return self._core.worker_id
 
     def enqueue(self, payload: dict[str, Any], *, delay: float | None = None,
+                priority: int = 0, dedup_key: str | None = None,
+                headers: Mapping[str, str] | None = None, group: str | None = None,
                 session: Session | None = None, connection: Connection | None = None) -> int:
         """Enqueue one message; with ``session=``/``connection=`` inside that transaction.
 
-        See ``pgqrs.Producer.enqueue``; pgqrs never commits what it was lent.
+        See ``pgqrs.Producer.enqueue`` (priority, dedup key, headers, ordered group); pgqrs
+        never commits what it was lent.
         """
-        return self._run(self._core.enqueue(payload, delay=delay, session=_db.lent(session),
-                                            connection=_db.lent(connection)))
+        return self._run(self._core.enqueue(
+            payload, delay=delay, priority=priority, dedup_key=dedup_key, headers=headers,
+            group=group, session=_db.lent(session), connection=_db.lent(connection)))
 
     def enqueue_delayed(self, payload: dict[str, Any], delay_seconds: float) -> int:
         """Enqueue one message that stays invisible for ``delay_seconds``; return its id."""
         return self._run(self._core.enqueue_delayed(payload, delay_seconds))
 
-    def enqueue_batch(self, payloads: Sequence[dict[str, Any]], *, delay: float | None = None,
+    def enqueue_batch(self, payloads: Sequence[dict[str, Any] | NewMessage], *,
+                      delay: float | None = None, priority: int = 0,
+                      headers: Mapping[str, str] | None = None, group: str | None = None,
                       session: Session | None = None,
                       connection: Connection | None = None) -> list[int]:
-        """Enqueue many messages in one statement: all or nothing, ids in input order."""
-        return self._run(self._core.enqueue_batch(payloads, delay=delay,
-                                                  session=_db.lent(session),
-                                                  connection=_db.lent(connection)))
+        """Enqueue many messages at once: all or nothing, ids in input order.
+
+        See ``pgqrs.Producer.enqueue_batch`` (payload dicts or ``NewMessage`` items).
+        """
+        return self._run(self._core.enqueue_batch(
+            payloads, delay=delay, priority=priority, headers=headers, group=group,
+            session=_db.lent(session), connection=_db.lent(connection)))
 
     def register(self) -> int:
         """Register now rather than on first use; return the worker id."""

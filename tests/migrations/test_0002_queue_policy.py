@@ -39,10 +39,10 @@ RELEASED = [
      "c61a7bd20eb2039cb970339e5531cef6a928fadc5468bf091d9bde33980a9316"),
     ("pgqrs_0002_queue_policy.py",
      "507e0bf682f3d9c06d11799721b1d9b91391962bee8b1df30105d41d3e175eee"),
-    # Renumbered to pgqrs_0004 at the merge with pgqrs_0003_message_options: update the
-    # name and the checksum together.
-    ("pgqrs_0003_maintenance.py",
-     "4d24e398ebf120715416e59143950c068956a4e646480ee21442a3acff7c730a"),
+    ("pgqrs_0003_message_options.py",
+     "f9cf2406db955aa665e5680dcd12eba94ba0f47a11ea2ebc48707e6f3ee4c57e"),
+    ("pgqrs_0004_maintenance.py",
+     "9aaa79b46c18161b42311d57f0b95a20a4443ec3ba40297ce387d2fd7e44ddc4"),
 ]
 
 POLICY_DEFAULTS = {"max_read_ct": 5, "visibility_timeout": timedelta(seconds=30),
@@ -102,14 +102,18 @@ async def sql(dsn: str, statement: str, *args: object) -> list[asyncpg.Record]:
         await conn.close()
 
 
+# Columns later revisions add (pgqrs_0003: message options); head has them too.
+LATER_COLUMNS = {"priority", "parked", "dedup_key", "group_key", "headers"}
+
+
 async def snapshot(dsn: str) -> dict[str, list[dict[str, Any]]]:
-    """Every row of the four tables; queues limited to their pgqrs_0001 columns."""
+    """Every row of the four tables, limited to their pgqrs_0001 columns."""
     out = {}
     for table in ("pgqrs_queues", "pgqrs_workers", "pgqrs_messages", "pgqrs_archive"):
         rows = [dict(r) for r in await sql(dsn, f"SELECT * FROM {table} ORDER BY id")]
         if table == "pgqrs_queues":
             rows = [{k: r[k] for k in OLD_QUEUE_COLUMNS} for r in rows]
-        out[table] = rows
+        out[table] = [{k: v for k, v in r.items() if k not in LATER_COLUMNS} for r in rows]
     return out
 
 

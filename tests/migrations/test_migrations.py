@@ -23,7 +23,7 @@ from pgqrs import (
 ROOT = Path(__file__).resolve().parents[2]
 ALEMBIC = [sys.executable, "-m", "alembic"]
 PGQRS_OBJECTS = {"pgqrs_queues", "pgqrs_workers", "pgqrs_messages", "pgqrs_archive",
-                 "pgqrs_schedules", "pgqrs_maintenance"}
+                 "pgqrs_schedules", "pgqrs_maintenance", "pgqrs_groups"}
 
 
 async def fetch(dsn: str, sql: str, *args: object) -> list[asyncpg.Record]:

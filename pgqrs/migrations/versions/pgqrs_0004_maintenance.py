@@ -1,6 +1,6 @@
 """Maintenance: recurring messages, the runner's lease, storage settings of the hot table.
 
-Revises: pgqrs_0002
+Revises: pgqrs_0003
 Create Date: 2026-11-29
 
 Written to run while producers and consumers keep working (see "How to write a pgqrs
@@ -33,8 +33,8 @@ from alembic import op
 
 from pgqrs.migrate import migration_schema
 
-revision: str = "pgqrs_0003"
-down_revision: str | Sequence[str] | None = "pgqrs_0002"
+revision: str = "pgqrs_0004"
+down_revision: str | Sequence[str] | None = "pgqrs_0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,4 +1,4 @@
-"""Revision pgqrs_0003 (maintenance): data kept, round trip, reviewable offline, online-safe.
+"""Revision pgqrs_0004 (maintenance): data kept, round trip, reviewable offline, online-safe.
 
 The revision id is imported from the revision file (``REVISION``), so renumbering the file
 touches nothing here but its name in the RELEASED list of test_0002_queue_policy.py.

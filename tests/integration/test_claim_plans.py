@@ -1,0 +1,165 @@
+"""The claim stays on its index and reads only what it claims, whatever else is queued.
+
+Each test fills a queue with SQL (the shape of the data matters here, not how it got
+there), then runs pgqrs's own claim statement under ``EXPLAIN (ANALYZE, BUFFERS)`` in a
+transaction that is rolled back, and checks from the plan that:
+- no node scans ``pgqrs_messages`` sequentially;
+- the scans of ``pgqrs_messages`` removed (almost) no rows by filter: the claim did not
+  walk rows it could not claim (delayed, leased, parked, lower priority);
+- the buffers its scans touch stay small: a few per priority level probed (a walk over
+  100k rows would touch hundreds).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy.dialects import postgresql
+
+from pgqrs import Consumer, Producer
+from pgqrs.repositories import Statement, messages
+
+ROWS = 100_000
+
+
+async def explain(dsn: str, statement: Statement, **params: Any) -> dict[str, Any]:
+    """EXPLAIN ANALYZE ``statement`` with ``params`` (in a transaction rolled back)."""
+    compiled: Any = statement.executable.compile(dialect=postgresql.asyncpg.dialect())
+    values = compiled.construct_params(params)
+    args = [values[name] for name in compiled.positiontup or []]
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("ANALYZE")
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            plan = json.loads(await conn.fetchval(
+                f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {compiled}", *args))
+        finally:
+            await transaction.rollback()
+    finally:
+        await conn.close()
+    return plan[0]  # type: ignore[no-any-return]
+
+
+def buffers(plan: dict[str, Any]) -> int:
+    """Buffers the scans of ``pgqrs_messages`` touched (what they read, not what the
+    statement then wrote: updating a row adds entries to every index)."""
+    return sum(int(n.get("Shared Hit Blocks", 0) + n.get("Shared Read Blocks", 0))
+               for n in message_scans(plan))
+
+
+def nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    return [node, *(n for child in node.get("Plans", []) for n in nodes(child))]
+
+
+def message_scans(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [n for n in nodes(plan["Plan"]) if n.get("Relation Name") == "pgqrs_messages"
+            and "Scan" in n["Node Type"]]
+
+
+def check_claim(plan: dict[str, Any], *, claimed: int) -> dict[str, int]:
+    scans = message_scans(plan)
+    assert scans, plan
+    assert all(n["Node Type"] != "Seq Scan" for n in scans), json.dumps(plan, indent=1)
+    removed = sum(n.get("Rows Removed by Filter", 0) * n.get("Actual Loops", 1) for n in scans)
+    assert plan["Plan"]["Actual Rows"] == claimed, json.dumps(plan, indent=1)
+    assert removed <= 5, json.dumps(plan, indent=1)
+    assert buffers(plan) < 100, json.dumps(plan, indent=1)
+    return {"removed": removed, "buffers": buffers(plan)}
+
+
+async def claim_plan(dsn: str, worker_id: int, limit: int = 10) -> dict[str, Any]:
+    return await explain(dsn, messages._DEQUEUE, p_queue_id=1, p_worker_id=worker_id,
+                         p_limit=limit, p_lease=timedelta(seconds=30))
+
+
+async def fill(dsn: str, *statements: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def worker(dsn: str, queue: str) -> int:
+    async with Consumer(dsn, queue, "c", 2) as consumer:
+        worker_id = await consumer.register()
+    await fill(dsn, "UPDATE pgqrs_workers SET status = 'ready'")
+    return worker_id
+
+
+async def test_claim_with_50k_visible(dsn: str, worker: int) -> None:
+    await fill(dsn, "INSERT INTO pgqrs_messages (queue_id, payload, vt) SELECT 1, '{}', "
+                    "now() - interval '1 min' FROM generate_series(1, 50000)")
+    check_claim(await claim_plan(dsn, worker), claimed=10)
+
+
+async def test_claim_with_100k_delayed_queued_ahead_of_the_visible(dsn: str,
+                                                                   worker: int) -> None:
+    # Lower ids than every visible message: a walk in id order would pass them all.
+    await fill(dsn,
+               f"INSERT INTO pgqrs_messages (queue_id, payload, vt) SELECT 1, '{{}}', "
+               f"now() + interval '7 days' FROM generate_series(1, {ROWS})",
+               "INSERT INTO pgqrs_messages (queue_id, payload, vt) SELECT 1, '{}', "
+               "now() - interval '1 s' FROM generate_series(1, 50)")
+    check_claim(await claim_plan(dsn, worker), claimed=10)
+
+
+async def test_claim_with_leased_and_higher_priority_delayed_ahead(dsn: str,
+                                                                  worker: int) -> None:
+    # Leased rows and, on higher levels, scheduled ones: the claim probes each level once.
+    await fill(dsn,
+               f"INSERT INTO pgqrs_messages (queue_id, payload, vt, priority, read_ct, "
+               f"consumer_worker_id) SELECT 1, '{{}}', now() + interval '5 min', 0, 1, "
+               f"{worker} FROM generate_series(1, {ROWS // 2})",
+               f"INSERT INTO pgqrs_messages (queue_id, payload, vt, priority) SELECT 1, "
+               f"'{{}}', now() + interval '1 day', (i % 5) + 1 FROM generate_series(1, "
+               f"{ROWS // 2}) i",
+               "INSERT INTO pgqrs_messages (queue_id, payload, vt) SELECT 1, '{}', "
+               "now() - interval '1 s' FROM generate_series(1, 20)")
+    check_claim(await claim_plan(dsn, worker), claimed=10)
+
+
+async def test_claim_with_many_groups(dsn: str, worker: int) -> None:
+    # 10,000 groups of 10: only the heads are in the claim index.
+    await fill(dsn,
+               "INSERT INTO pgqrs_messages (queue_id, payload, group_key, parked) "
+               "SELECT 1, '{}', 'g' || (i % 10000), i > 10000 FROM generate_series(1, 100000) i",
+               "INSERT INTO pgqrs_groups (queue_id, group_key, live) "
+               "SELECT 1, 'g' || i, 10 FROM generate_series(0, 9999) i")
+    check_claim(await claim_plan(dsn, worker), claimed=10)
+
+
+async def test_an_empty_queue_with_only_delayed_rows_claims_nothing_cheaply(
+        dsn: str, worker: int) -> None:
+    await fill(dsn, f"INSERT INTO pgqrs_messages (queue_id, payload, vt, priority) SELECT 1, "
+                    f"'{{}}', now() + interval '1 day', i % 3 FROM generate_series(1, {ROWS}) i")
+    check_claim(await claim_plan(dsn, worker), claimed=0)
+    plan = await explain(dsn, messages._NEXT_DUE, p_queue_id=1)
+    assert all(n["Node Type"] != "Seq Scan" for n in message_scans(plan))
+    assert buffers(plan) < 30, json.dumps(plan, indent=1)
+
+
+async def test_handing_a_group_over_reads_one_index_entry(dsn: str, queue: str) -> None:
+    async with Producer(dsn, queue, "p", 1) as producer, Consumer(dsn, queue, "c", 2) as c:
+        await producer.enqueue_batch([{"i": i} for i in range(5000)], group="big")
+        await fill(dsn, "INSERT INTO pgqrs_messages (queue_id, payload, group_key, parked) "
+                        "SELECT 1, '{}', 'g' || i, false FROM generate_series(1, 20000) i",
+                   "INSERT INTO pgqrs_groups (queue_id, group_key, live) "
+                   "SELECT 1, 'g' || i, 1 FROM generate_series(1, 20000) i")
+        (head,) = [m for m in await c.dequeue(10) if m.group == "big"]
+        worker_id = await c.register()
+        params = {"p_ids": [head.id], "p_read_cts": [head.read_ct], "p_worker_id": worker_id,
+                  "p_channel": "x"}
+        plan = await explain(dsn, messages._LEAVE["archive", True], **params)
+    scans = message_scans(plan)
+    assert all(n["Node Type"] != "Seq Scan" for n in scans), json.dumps(plan, indent=1)
+    assert sum(n.get("Rows Removed by Filter", 0) for n in scans) <= 1
+    assert buffers(plan) < 30, json.dumps(plan, indent=1)
