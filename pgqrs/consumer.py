@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pgqrs import _consume, _deliveries, _notify, _validation, errors
+from pgqrs import _consume, _deliveries, _notify, _tracing, _validation, errors
 from pgqrs import maintenance as _maint
 from pgqrs._consume import Handler, HandlerWrapper, SettledHook
 from pgqrs._worker import WorkerClient
@@ -436,6 +436,9 @@ class Consumer(WorkerClient):
             ValidationError: an option is out of range or a hook is not callable.
             StateError: the worker is stopped, or was taken over by another process.
         """
+        # pgqrs.otel.instrument(): a span per delivery around the caller's own hooks.
+        around_handler, on_settled = _tracing.consuming(self.queue_name, around_handler,
+                                                        on_settled)
         loop = _consume.ConsumeLoop(
             _LoopSource(self), handler, batch_size=batch_size, concurrency=concurrency,
             poll_interval=poll_interval or self.poll_interval, backoff_base=backoff_base,

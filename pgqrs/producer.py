@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from pgqrs import _validation
+from pgqrs import _tracing, _validation
 from pgqrs._worker import WorkerClient
 from pgqrs.types import NewMessage, WorkerStatus
 
@@ -79,19 +79,24 @@ class Producer(WorkerClient):
                 inside a REPEATABLE READ or SERIALIZABLE transaction, also a serialization
                 failure when a concurrent enqueue took the same key or group: retry.
         """
-        encoded = self._encode(payload)
-        options = _validation.options(priority=priority, headers=headers, group=group,
-                                      dedup_key=dedup_key, delay=delay)
-        lent = _validation.lent(session, connection)
-        worker_id, queue_id = await self._ids("enqueue", *_CAN_ENQUEUE)
-        if self._bucket is not None:
-            await self._bucket.acquire()
-        # A grouped message with a key takes several statements: one transaction.
-        several = options.group is not None and options.dedup_key is not None
-        scope = self._db.transaction(lent) if several else self._db.statement(lent)
-        async with scope as conn:
-            return await self._messages.enqueue(conn, queue_id=queue_id, payload=encoded,
-                                                options=options, worker_id=worker_id)
+        # pgqrs.otel.instrument(): a PRODUCER span, its context added to the headers.
+        with _tracing.sending(self.queue_name, 1) as trace:
+            encoded = self._encode(payload)
+            options = _validation.options(priority=priority, headers=trace.inject(headers),
+                                          group=group, dedup_key=dedup_key, delay=delay)
+            lent = _validation.lent(session, connection)
+            worker_id, queue_id = await self._ids("enqueue", *_CAN_ENQUEUE)
+            if self._bucket is not None:
+                await self._bucket.acquire()
+            # A grouped message with a key takes several statements: one transaction.
+            several = options.group is not None and options.dedup_key is not None
+            scope = self._db.transaction(lent) if several else self._db.statement(lent)
+            async with scope as conn:
+                message_id = await self._messages.enqueue(
+                    conn, queue_id=queue_id, payload=encoded, options=options,
+                    worker_id=worker_id)
+            trace.sent([message_id])
+            return message_id
 
     async def enqueue_delayed(self, payload: dict[str, Any], delay_seconds: float) -> int:
         """Enqueue one message that stays invisible for ``delay_seconds``; return its id."""
@@ -122,26 +127,28 @@ class Producer(WorkerClient):
         Raises:
             ValidationError: an item (its index is named) or an option was rejected.
         """
-        defaults = _validation.options(priority=priority, headers=headers, group=group,
-                                       delay=delay)
-        items = _validation.batch_items(payloads, max_bytes=self.settings.max_payload_bytes,
-                                        max_depth=self.settings.max_payload_depth,
-                                        defaults=defaults)
-        lent = _validation.lent(session, connection)
-        if not items:
-            return []
-        worker_id, queue_id = await self._ids("enqueue", *_CAN_ENQUEUE)
-        if self._bucket is not None:
-            await self._bucket.acquire(len(items))
-        if defaults.group is None and all(i.options == defaults for i in items):
-            async with self._db.statement(lent) as conn:
-                return await self._messages.enqueue_batch(
-                    conn, queue_id=queue_id, payloads=[i.payload for i in items],
-                    options=defaults, worker_id=worker_id)
-        # Keys may need a second statement (and keys with groups take three): keep the
-        # batch all or nothing in one transaction.
-        keyed = any(i.options.dedup_key is not None for i in items)
-        scope = self._db.transaction(lent) if keyed else self._db.statement(lent)
-        async with scope as conn:
-            return await self._messages.enqueue_items(conn, queue_id=queue_id, items=items,
-                                                      worker_id=worker_id)
+        count = len(payloads) if isinstance(payloads, Sequence) else 0  # 0: no span
+        with _tracing.sending(self.queue_name, count) as trace:
+            defaults = _validation.options(priority=priority, headers=trace.inject(headers),
+                                           group=group, delay=delay)
+            items = _validation.batch_items(
+                trace.inject_each(payloads), max_bytes=self.settings.max_payload_bytes,
+                max_depth=self.settings.max_payload_depth, defaults=defaults)
+            lent = _validation.lent(session, connection)
+            if not items:
+                return []
+            worker_id, queue_id = await self._ids("enqueue", *_CAN_ENQUEUE)
+            if self._bucket is not None:
+                await self._bucket.acquire(len(items))
+            if defaults.group is None and all(i.options == defaults for i in items):
+                async with self._db.statement(lent) as conn:
+                    return await self._messages.enqueue_batch(
+                        conn, queue_id=queue_id, payloads=[i.payload for i in items],
+                        options=defaults, worker_id=worker_id)
+            # Keys may need a second statement (and keys with groups take three): keep the
+            # batch all or nothing in one transaction.
+            keyed = any(i.options.dedup_key is not None for i in items)
+            scope = self._db.transaction(lent) if keyed else self._db.statement(lent)
+            async with scope as conn:
+                return await self._messages.enqueue_items(conn, queue_id=queue_id,
+                                                          items=items, worker_id=worker_id)

@@ -1,0 +1,7 @@
+"""Fixtures of the observability tests."""
+
+from __future__ import annotations
+
+from .otel import traced
+
+__all__ = ["traced"]
