@@ -104,7 +104,8 @@ async def test_public_api_through_pgbouncer(pgbouncer: Bouncer, server_dsn: str)
                 assert await consumer.extend_visibility(batch[1], 60) is True
                 assert await consumer.release([batch[1]]) == 1
                 got = await consumer.dequeue_batch(4)
-                assert [m.id for m in got] == [batch[1], *batch[2:5]]
+                # Oldest visible first: the released one became visible last.
+                assert [m.id for m in got] == batch[2:6]
                 assert await consumer.archive_batch([m.id for m in got]) == [True] * 4
                 got = await consumer.dequeue_batch_with_delay(2, 5)
                 assert await consumer.delete_batch([m.id for m in got]) == [True, True]

@@ -31,6 +31,7 @@ GRANT SELECT ON pgqrs_queues, pgqrs_alembic_version TO {role};
 GRANT SELECT, INSERT, UPDATE ON pgqrs_workers TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgqrs_messages TO {role};
 GRANT SELECT, INSERT ON pgqrs_archive TO {role};
+GRANT SELECT, INSERT, UPDATE, DELETE ON pgqrs_groups TO {role};
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role};
 """
 
