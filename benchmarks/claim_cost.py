@@ -5,6 +5,11 @@ Usage (from the repository root)::
     python -m benchmarks.claim_cost [--calls 1500] [--rounds 3] [--dsn URL]
                                     [--json results.json]
 
+A throw-away server gets ``shared_buffers=1GB`` (``--shared-buffers``): the million-message
+shapes with their indexes (~250 MB) do not fit PostgreSQL's default 128 MB, and a claim
+that works on a group's head (a row anywhere in the table) would then measure how fast
+pages come back from the operating system rather than the claim.
+
 Every shape gets its own database (cloned from the benchmarks' template), loaded with SQL
 (``generate_series``; the shape matters here, not how the rows got there) and then
 ``VACUUM ANALYZE``d, as autovacuum would leave a long-lived table. Then, in rounds that
@@ -146,10 +151,13 @@ async def _enqueues(dsn: str, calls: int, warm: int) -> tuple[list[float], list[
 
 
 async def run(dsn: str | None, *, calls: int, rounds: int, warm: int,
-              tmpdir: str | None, scale: float = 1.0) -> dict[str, Any]:
+              tmpdir: str | None, scale: float = 1.0,
+              shared_buffers: str | None = None) -> dict[str, Any]:
     chosen = shapes(scale)
-    with server(dsn, tmpdir=tmpdir) as srv:
-        print(f"# {srv.description}", flush=True)
+    conf = {"shared_buffers": shared_buffers} if shared_buffers else None
+    with server(dsn, tmpdir=tmpdir, extra_conf=conf) as srv:
+        print(f"# {srv.description}; shared_buffers={shared_buffers or 'default'}",
+              flush=True)
         dbs = Databases(srv.dsn)
         await dbs.create_template()
         stack: list[Any] = []
@@ -213,14 +221,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dsn", default=os.environ.get("PGQRS_DSN"))
     parser.add_argument("--pg-tmpdir", default=None,
                         help=f"where a throw-away server keeps its data ({default_tmpdir()})")
+    parser.add_argument("--shared-buffers", default="1GB",
+                        help="shared_buffers of a throw-away server (default 1GB: the 1M-row "
+                             "shapes do not fit PostgreSQL's default 128MB; 'default' keeps it)")
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--smoke", action="store_true",
                         help="a quick check: big shapes at 1%%, few calls")
     args = parser.parse_args(argv)
     scale, calls, rounds, warm = ((0.01, 50, 1, 10) if args.smoke else
                                   (1.0, args.calls, args.rounds, args.warm))
+    buffers = None if args.shared_buffers == "default" else args.shared_buffers
     rows = asyncio.run(run(args.dsn, calls=calls, rounds=rounds, warm=warm,
-                           tmpdir=args.pg_tmpdir, scale=scale))
+                           tmpdir=args.pg_tmpdir, scale=scale, shared_buffers=buffers))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(rows, fh, indent=2)
