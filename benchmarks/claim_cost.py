@@ -5,12 +5,17 @@ Usage (from the repository root)::
     python -m benchmarks.claim_cost [--calls 1500] [--rounds 3] [--dsn URL]
                                     [--json results.json]
 
+A throw-away server gets ``shared_buffers=1GB`` (``--shared-buffers``): the million-message
+shapes with their indexes (~250 MB) do not fit PostgreSQL's default 128 MB, and a claim
+that works on a group's head (a row anywhere in the table) would then measure how fast
+pages come back from the operating system rather than the claim.
+
 Every shape gets its own database (cloned from the benchmarks' template), loaded with SQL
 (``generate_series``; the shape matters here, not how the rows got there) and then
-``VACUUM ANALYZE``d, as autovacuum would leave a long-lived table. Then, in rounds that
-visit every shape in turn (so a noisy neighbour on the machine hits all of them alike),
-one client times ``Consumer.dequeue(1)`` + ``Consumer.archive(message)`` through the public
-API, ``calls`` times per round after a warm-up. After each timed cycle (untimed) one
+``VACUUM ANALYZE``d, as autovacuum would leave a long-lived table. Then one client per
+shape times ``Consumer.dequeue(1)`` + ``Consumer.archive(message)`` through the public API,
+``calls`` times per round after a warm-up, the shapes taking turns call by call (so a noisy
+neighbour on the machine hits all of them alike). After each timed cycle (untimed) one
 message goes back in where the claimed one came from, so the shape stays as loaded.
 
 Shapes:
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -113,18 +119,28 @@ async def _load(dsn: str, statements: tuple[str, ...]) -> None:
         await conn.close()
 
 
-async def _claims(dsn: str, shape: Shape, calls: int, warm: int) -> list[float]:
-    async with Consumer(dsn, QUEUE, f"bench-{shape.key}", 1) as consumer, \
-            Producer(dsn, QUEUE, f"bench-refill-{shape.key}", 2) as producer:
-        out: list[float] = []
+async def _claims(where: dict[str, str], chosen: tuple[Shape, ...], calls: int,
+                  warm: int) -> dict[str, list[float]]:
+    """Timed cycles, one shape after the other call by call: a burst of noise from the
+    rest of the machine falls on every shape alike."""
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {}
+        for shape in chosen:
+            consumer = await stack.enter_async_context(
+                Consumer(where[shape.key], QUEUE, f"bench-{shape.key}", 1))
+            producer = await stack.enter_async_context(
+                Producer(where[shape.key], QUEUE, f"bench-refill-{shape.key}", 2))
+            clients[shape.key] = (consumer, producer)
+        out: dict[str, list[float]] = {shape.key: [] for shape in chosen}
         for i in range(warm + calls):
-            t0 = time.perf_counter()
-            (message,) = await consumer.dequeue(1)
-            assert await consumer.archive(message)
-            elapsed = time.perf_counter() - t0
-            if i >= warm:
-                out.append(elapsed)
-            await producer.enqueue({"n": -i}, group=message.group)
+            for key, (consumer, producer) in clients.items():
+                t0 = time.perf_counter()
+                (message,) = await consumer.dequeue(1)
+                assert await consumer.archive(message)
+                elapsed = time.perf_counter() - t0
+                if i >= warm:
+                    out[key].append(elapsed)
+                await producer.enqueue({"n": -i}, group=message.group)
         return out
 
 
@@ -146,10 +162,13 @@ async def _enqueues(dsn: str, calls: int, warm: int) -> tuple[list[float], list[
 
 
 async def run(dsn: str | None, *, calls: int, rounds: int, warm: int,
-              tmpdir: str | None, scale: float = 1.0) -> dict[str, Any]:
+              tmpdir: str | None, scale: float = 1.0,
+              shared_buffers: str | None = None) -> dict[str, Any]:
     chosen = shapes(scale)
-    with server(dsn, tmpdir=tmpdir) as srv:
-        print(f"# {srv.description}", flush=True)
+    conf = {"shared_buffers": shared_buffers} if shared_buffers else None
+    with server(dsn, tmpdir=tmpdir, extra_conf=conf) as srv:
+        print(f"# {srv.description}; shared_buffers={shared_buffers or 'default'}",
+              flush=True)
         dbs = Databases(srv.dsn)
         await dbs.create_template()
         stack: list[Any] = []
@@ -165,9 +184,8 @@ async def run(dsn: str | None, *, calls: int, rounds: int, warm: int,
                       f"{time.perf_counter() - started:.1f} s", flush=True)
             timings = Timings()
             for round_ in range(rounds):
-                for shape in chosen:
-                    timings.add(shape.key, await _claims(where[shape.key], shape, calls,
-                                                         warm))
+                for key, values in (await _claims(where, chosen, calls, warm)).items():
+                    timings.add(key, values)
                 plain, keyed = await _enqueues(where["small"], calls, warm)
                 timings.add("enqueue", plain)
                 timings.add("enqueue+dedup", keyed)
@@ -213,14 +231,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dsn", default=os.environ.get("PGQRS_DSN"))
     parser.add_argument("--pg-tmpdir", default=None,
                         help=f"where a throw-away server keeps its data ({default_tmpdir()})")
+    parser.add_argument("--shared-buffers", default="1GB",
+                        help="shared_buffers of a throw-away server (default 1GB: the 1M-row "
+                             "shapes do not fit PostgreSQL's default 128MB; 'default' keeps it)")
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--smoke", action="store_true",
                         help="a quick check: big shapes at 1%%, few calls")
     args = parser.parse_args(argv)
     scale, calls, rounds, warm = ((0.01, 50, 1, 10) if args.smoke else
                                   (1.0, args.calls, args.rounds, args.warm))
+    buffers = None if args.shared_buffers == "default" else args.shared_buffers
     rows = asyncio.run(run(args.dsn, calls=calls, rounds=rounds, warm=warm,
-                           tmpdir=args.pg_tmpdir, scale=scale))
+                           tmpdir=args.pg_tmpdir, scale=scale, shared_buffers=buffers))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(rows, fh, indent=2)

@@ -207,33 +207,33 @@ class Consumer(WorkerClient):
         """Claim up to ``limit`` messages with a lease of ``vt_seconds`` (original name)."""
         return await self.dequeue(limit, visibility_timeout=vt_seconds)
 
-    async def archive_dead(self, messages: Sequence[int | QueueMessage]) -> list[bool]:
+    async def archive_dead(self, message_ids: Sequence[int | QueueMessage]) -> list[bool]:
         """Archive held messages marked as dead letters (the consume loop's give-up path)."""
-        return await self._acknowledge(messages, action="dead")
+        return await self._acknowledge(message_ids, action="dead")
 
-    async def archive(self, message: int | QueueMessage) -> bool:
+    async def archive(self, message_id: int | QueueMessage) -> bool:
         """Move a message this consumer holds to the archive; False if it does not.
 
         Pass the ``QueueMessage`` (or its id: this consumer's delivery of it). False once
         the message was delivered again (its lease ran out) or is gone.
         """
-        return (await self.archive_batch([message]))[0]
+        return (await self.archive_batch([message_id]))[0]
 
-    async def archive_batch(self, messages: Sequence[int | QueueMessage]) -> list[bool]:
+    async def archive_batch(self, message_ids: Sequence[int | QueueMessage]) -> list[bool]:
         """Archive held messages in one atomic statement; one bool per message, in order.
 
         Messages of ordered groups take a second statement, which also hands their groups
         over to the next message.
         """
-        return await self._acknowledge(messages, action="archive")
+        return await self._acknowledge(message_ids, action="archive")
 
-    async def delete(self, message: int | QueueMessage) -> bool:
+    async def delete(self, message_id: int | QueueMessage) -> bool:
         """Delete a message this consumer holds; False if it does not hold it."""
-        return (await self.delete_batch([message]))[0]
+        return (await self.delete_batch([message_id]))[0]
 
-    async def delete_batch(self, messages: Sequence[int | QueueMessage]) -> list[bool]:
+    async def delete_batch(self, message_ids: Sequence[int | QueueMessage]) -> list[bool]:
         """Delete held messages in one statement; one bool per message, in order."""
-        return await self._acknowledge(messages, action="delete")
+        return await self._acknowledge(message_ids, action="delete")
 
     async def _acknowledge(self, messages: Sequence[int | QueueMessage], *,
                            action: str) -> list[bool]:
@@ -257,9 +257,9 @@ class Consumer(WorkerClient):
         self._deliveries.forget(known)
         return [r is not None and r[0] in done for r in named]
 
-    async def extend_visibility(self, message: int | QueueMessage, seconds: float) -> bool:
+    async def extend_visibility(self, message_id: int | QueueMessage, seconds: float) -> bool:
         """Make the lease end ``seconds`` from now; False if this consumer lost the message."""
-        (item,) = _validation.deliveries([message])
+        (item,) = _validation.deliveries([message_id])
         lease = _validation.seconds("seconds", seconds, allow_zero=False)
         named = self._deliveries.named(item)
         worker_id, _ = await self._ids("extend a lease", *_LIVE)
@@ -269,7 +269,7 @@ class Consumer(WorkerClient):
             return await self._messages.extend(conn, worker_id=worker_id, message_id=named[0],
                                                read_ct=named[1].read_ct, seconds=lease)
 
-    async def release(self, messages: Sequence[int | QueueMessage] | int | QueueMessage, *,
+    async def release(self, message_ids: Sequence[int | QueueMessage] | int | QueueMessage, *,
                       delay: float | None = None) -> int:
         """Give held messages back (nack): visible again now, or after ``delay`` seconds.
 
@@ -278,7 +278,7 @@ class Consumer(WorkerClient):
         Returns:
             How many of the messages this consumer still held and released.
         """
-        items = _validation.deliveries(messages)
+        items = _validation.deliveries(message_ids)
         seconds = _validation.seconds("delay", delay) if delay is not None else None
         if not items:
             return 0

@@ -11,7 +11,7 @@ Each shape is the cheapest statement for its case, so the plain enqueue stays wh
   skipped when their key is live; none of its rows has both a group and a key;
 - a grouped message that also has a key takes three statements in one transaction
   (``LOCK_GROUPS``, ``INSERT_PARKED``, ``SETTLE_GROUPS``), so that a duplicate never
-  counts in its group: see ``MessageRepository.enqueue_items``.
+  counts in its group: see ``Enqueuing.enqueue_items``.
 """
 
 from __future__ import annotations

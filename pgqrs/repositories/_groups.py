@@ -200,7 +200,9 @@ def leaving(where: ColumnElement[bool], *, archive: bool, dead: bool = False) ->
     )
     empty = (
         select(_g.c.queue_id, _g.c.group_key)
-        .where(_g.c.queue_id.in_(select(gone.c.queue_id)), _g.c.live == 0,
+        # A literal 0, not a parameter: only then can a generic plan use the partial index
+        # "WHERE live = 0".
+        .where(_g.c.queue_id.in_(select(gone.c.queue_id)), _g.c.live == literal_column("0"),
                tuple_(_g.c.queue_id, _g.c.group_key).not_in(
                    select(gone.c.queue_id, gone.c.group_key)))
         .limit(_SWEEP)

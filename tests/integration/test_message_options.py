@@ -19,6 +19,7 @@ from pgqrs import (
     Consumer,
     DatabaseError,
     NewMessage,
+    Outcome,
     Producer,
     QueueMessage,
     ValidationError,
@@ -465,6 +466,48 @@ async def test_a_taken_over_worker_cannot_settle_the_new_owners_delivery(
         await new.close()
         await old.close()
     assert len(await sql(dsn, "SELECT id FROM pgqrs_archive")) == 2
+
+
+async def test_a_taken_over_consume_loop_cannot_ack_the_new_owners_delivery(
+        dsn: str, queue: str) -> None:
+    """The consume loop's batched ack carries each delivery: after a takeover, the stalled
+    loop's late ack of a message the new owner holds is refused (and reported)."""
+    async with Producer(dsn, queue, "p", 1) as producer:
+        mid = await producer.enqueue({"job": 1}, group="g")
+    started, gate, stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    outcomes: list[Outcome] = []
+
+    async def handler(message: QueueMessage) -> None:
+        started.set()
+        await gate.wait()  # the process stalls mid-handler
+
+    old = Consumer(dsn, queue, "worker", 7, visibility_timeout=30, heartbeat_interval=60)
+    loop = asyncio.create_task(old.consume(
+        handler, batch_size=1, concurrency=1, poll_interval=0.05, stop=stop,
+        handle_signals=False, on_settled=lambda event: outcomes.append(event.outcome)))
+    new = Consumer(dsn, queue, "worker", 7, visibility_timeout=30)
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+        await sql(dsn, "UPDATE pgqrs_workers SET heartbeat_at = now() - interval '1 hour'")
+        assert await new.register() == old.worker_id
+        (again,) = await new.dequeue(1)
+        assert (again.id, again.read_ct) == (mid, 2)
+        gate.set()
+        for _ in range(200):
+            if outcomes:
+                break
+            await asyncio.sleep(0.02)
+        assert outcomes == [Outcome.ABANDONED]
+        rows = await sql(dsn, "SELECT read_ct FROM pgqrs_messages WHERE id = $1", mid)
+        assert [r[0] for r in rows] == [2]  # still live, with the new owner
+        assert await new.archive(again)
+    finally:
+        stop.set()
+        gate.set()
+        await asyncio.wait_for(loop, 10)
+        await new.close()
+        await old.close()
+    await group_invariant(dsn)
 
 
 async def test_an_old_delivery_of_a_message_is_refused(clients: Any) -> None:
