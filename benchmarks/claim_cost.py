@@ -2,8 +2,8 @@
 
 Usage (from the repository root)::
 
-    python -m benchmarks.claim_cost [--calls 1500] [--rounds 3] [--dsn URL]
-                                    [--json results.json]
+    python -m benchmarks.claim_cost [--calls 1000] [--rounds 3] [--dsn URL]
+                                    [--shared-buffers 1GB] [--json results.json] [--smoke]
 
 A throw-away server keeps PostgreSQL's default ``shared_buffers`` (128 MB), smaller than
 the million-message shapes with their indexes (~250 MB); ``--shared-buffers 1GB`` gives it
@@ -224,7 +224,7 @@ def report(timings: Timings, rounds: int, chosen: tuple[Shape, ...]) -> dict[str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.claim_cost",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=1500, help="timed cycles per round")
+    parser.add_argument("--calls", type=int, default=1000, help="timed cycles per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warm", type=int, default=200, help="untimed cycles first")
     parser.add_argument("--dsn", default=os.environ.get("PGQRS_DSN"))
