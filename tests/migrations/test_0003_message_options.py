@@ -160,6 +160,31 @@ async def test_an_interrupted_concurrent_build_is_finished_by_the_next_install(
     assert await indexes(empty_dsn) == dict.fromkeys(INDEXES, True)
 
 
+async def test_alembic_upgrade_head_from_the_command_line_builds_online_too(
+        empty_dsn: str) -> None:
+    await seeded_0002(empty_dsn)
+    module = revision_module()
+    # An interrupted build left an INVALID index: only the online step drops and rebuilds
+    # it (and says so), so its warning shows that `alembic upgrade head` took that path.
+    await sql(empty_dsn, module._add_columns("public", "pgqrs_messages",
+                                             module._MESSAGE_COLUMNS))
+    await sql(empty_dsn, "UPDATE pgqrs_messages SET dedup_key = 'dup' WHERE id IN (1, 2)")
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await sql(empty_dsn, module._index_statement(
+            "public", "ix_pgqrs_messages_claim", True, "(queue_id, dedup_key)",
+            concurrently=True))
+    await sql(empty_dsn, "UPDATE pgqrs_messages SET dedup_key = NULL")
+    env = {**os.environ, "PGQRS_DSN": empty_dsn}
+    env.pop("DATABASE_URL", None)
+    up = subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=120)
+    assert up.returncode == 0, up.stderr
+    assert "dropping the unfinished index ix_pgqrs_messages_claim" in up.stderr
+    assert await indexes(empty_dsn) == dict.fromkeys(INDEXES, True)
+    claim = await sql(empty_dsn, "SELECT pg_get_indexdef('ix_pgqrs_messages_claim'::regclass)")
+    assert "priority DESC, vt, id" in claim[0][0]  # the real one, not the leftover
+
+
 async def test_prepare_does_nothing_on_a_fresh_install_or_at_head(empty_dsn: str) -> None:
     engine = create_async_engine(empty_dsn.replace("postgresql://", "postgresql+asyncpg://"),
                                  poolclass=NullPool)
