@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
-import shutil
 import socket
 import threading
 import time
@@ -23,6 +21,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from _programs import require_program
 
 from pgqrs import Admin, Consumer, Producer
 
@@ -166,24 +165,8 @@ class Served:
 
 def find_chromium() -> tuple[str, str]:
     """Debian's chromium and chromedriver, or skip (locally) / fail (CI) with the fix."""
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver") or (
-        "/usr/bin/chromedriver" if os.access("/usr/bin/chromedriver", os.X_OK) else None)
-    problem = None
-    if browser is None or driver is None:
-        problem = f"Chromium is not installed; install it with `{CHROMIUM_APT}`"
-    else:
-        try:
-            import selenium  # noqa: F401
-        except ModuleNotFoundError:
-            problem = "selenium is not installed; install it with `pip install -e '.[test]'`"
-    if problem is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{problem} (.ci/run installs it; the browser tests never skip in CI)",
-                        pytrace=False)
-        pytest.skip(problem)
-    assert browser is not None and driver is not None
-    return browser, driver
+    return (require_program("chromium", install=CHROMIUM_APT),
+            require_program("chromedriver", install=CHROMIUM_APT))
 
 
 @pytest.fixture(scope="module")
