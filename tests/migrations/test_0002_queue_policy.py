@@ -17,7 +17,7 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import pytest
@@ -331,57 +331,10 @@ async def test_upgrade_while_producers_and_consumers_run(
         empty_dsn: str, tmp_path: Path, caplog: pytest.LogCaptureFixture,
         long_transaction: bool) -> None:
     await migrate_to(empty_dsn, "pgqrs_0001")
-    await sql(empty_dsn, "INSERT INTO pgqrs_queues (queue_name) VALUES ('load')")
-    workers = [("producer", i) for i in range(1, PRODUCERS + 1)] + [
-        ("consumer", i) for i in range(PRODUCERS + 1, PRODUCERS + CONSUMERS + 1)]
-    for _, worker_id in workers:
-        await sql(empty_dsn, f"INSERT INTO pgqrs_workers (id, hostname, port, queue_id) "
-                             f"VALUES ({worker_id}, 'old', {worker_id}, 1)")
-    done = tmp_path / "done"
-    procs = []
-    for role, worker_id in workers:
-        out = tmp_path / f"{role}-{worker_id}.json"
-        with (tmp_path / f"{role}-{worker_id}.err").open("w") as err:
-            procs.append((role, out, subprocess.Popen(
-                [sys.executable, str(OLD_CLIENT), role, empty_dsn, str(worker_id), str(out),
-                 str(done), str(PER_PRODUCER)], stderr=err)))
     caplog.set_level(logging.WARNING, logger="pgqrs.migrations")
-    holder = await asyncpg.connect(empty_dsn)
-    try:
-        # Wait for traffic in both directions and a backlog of a few thousand messages.
-        in_flight = await wait_for_backlog(empty_dsn, at_least=2000)
-        # With long_transaction, an application's transaction that enqueued and stays open
-        # for 3 s: the worst case for the upgrade's lock; it must time out and retry, not
-        # queue (and make every producer queue behind it).
-        await holder.execute("BEGIN")
-        held = await holder.fetchval(hold_queue_lock_sql() + " RETURNING id")
-
-        async def release_holder() -> None:
-            await asyncio.sleep(3.0 if long_transaction else 0)
-            await holder.execute("COMMIT")
-
-        async def upgrade() -> tuple[float, float]:
-            await asyncio.sleep(0.3)
-            async with Admin(empty_dsn) as admin:
-                start = time.time()
-                await admin.install()
-                return start, time.time()
-
-        (upgrade_start, upgrade_end), _ = await asyncio.gather(upgrade(), release_holder())
-        for role, _, proc in procs:
-            if role == "producer":
-                assert proc.wait(timeout=60) == 0, [p.read_text() for p in tmp_path.glob("*.err")]
-        done.touch()
-        for _, _, proc in procs:
-            assert proc.wait(timeout=60) == 0, [p.read_text() for p in tmp_path.glob("*.err")]
-    finally:
-        done.touch()
-        await holder.close()
-        for _, _, proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-
-    results = {out.name: json.loads(out.read_text()) for _, out, _ in procs}
+    load = await upgrade_under_load(empty_dsn, tmp_path, long_transaction=long_transaction)
+    results, held, in_flight = load.results, load.held, load.in_flight
+    upgrade_start, upgrade_end = load.upgrade_start, load.upgrade_end
     errors = [e for r in results.values() for e in r["errors"]]
     assert errors == []
     produced = [i for name, r in results.items() if name.startswith("producer")
@@ -413,6 +366,75 @@ async def test_upgrade_while_producers_and_consumers_run(
     }
     print(f"\nupgrade under load ({long_transaction=}):", json.dumps(figures))
     assert worst[0] < STALL_BOUND, figures
+
+
+class UnderLoad(NamedTuple):
+    """What ``upgrade_under_load`` saw: each client's record and the upgrade's span."""
+
+    results: dict[str, Any]
+    """Per client file name: its ``ids``, ``errors`` and timed ``calls`` (old_client.py)."""
+    held: int
+    """The message enqueued by the transaction held open across the upgrade."""
+    in_flight: int
+    upgrade_start: float
+    upgrade_end: float
+
+
+async def upgrade_under_load(dsn: str, tmp_path: Path, *,
+                             long_transaction: bool) -> UnderLoad:
+    """``Admin.install()`` while old-schema producers and consumers run (OLD_CLIENT).
+
+    The database is at the previous revision. The upgrade starts once a few thousand
+    messages are waiting; with ``long_transaction`` an application transaction that
+    enqueued stays open for 3 s across it (the worst case for the upgrade's locks).
+    Returns when every client has finished and the queue is drained.
+    """
+    await sql(dsn, "INSERT INTO pgqrs_queues (queue_name) VALUES ('load')")
+    workers = [("producer", i) for i in range(1, PRODUCERS + 1)] + [
+        ("consumer", i) for i in range(PRODUCERS + 1, PRODUCERS + CONSUMERS + 1)]
+    for _, worker_id in workers:
+        await sql(dsn, f"INSERT INTO pgqrs_workers (id, hostname, port, queue_id) "
+                       f"VALUES ({worker_id}, 'old', {worker_id}, 1)")
+    done = tmp_path / "done"
+    procs = []
+    for role, worker_id in workers:
+        out = tmp_path / f"{role}-{worker_id}.json"
+        with (tmp_path / f"{role}-{worker_id}.err").open("w") as err:
+            procs.append((role, out, subprocess.Popen(
+                [sys.executable, str(OLD_CLIENT), role, dsn, str(worker_id), str(out),
+                 str(done), str(PER_PRODUCER)], stderr=err)))
+    holder = await asyncpg.connect(dsn)
+    try:
+        in_flight = await wait_for_backlog(dsn, at_least=2000)
+        await holder.execute("BEGIN")
+        held = await holder.fetchval(hold_queue_lock_sql() + " RETURNING id")
+
+        async def release_holder() -> None:
+            await asyncio.sleep(3.0 if long_transaction else 0)
+            await holder.execute("COMMIT")
+
+        async def upgrade() -> tuple[float, float]:
+            await asyncio.sleep(0.3)
+            async with Admin(dsn) as admin:
+                start = time.time()
+                await admin.install()
+                return start, time.time()
+
+        (upgrade_start, upgrade_end), _ = await asyncio.gather(upgrade(), release_holder())
+        for role, _, proc in procs:
+            if role == "producer":
+                assert proc.wait(timeout=60) == 0, [p.read_text() for p in tmp_path.glob("*.err")]
+        done.touch()
+        for _, _, proc in procs:
+            assert proc.wait(timeout=60) == 0, [p.read_text() for p in tmp_path.glob("*.err")]
+    finally:
+        done.touch()
+        await holder.close()
+        for _, _, proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    results = {out.name: json.loads(out.read_text()) for _, out, _ in procs}
+    return UnderLoad(results, held, in_flight, upgrade_start, upgrade_end)
 
 
 async def wait_for_backlog(dsn: str, *, at_least: int, timeout: float = 30) -> int:

@@ -8,13 +8,11 @@ is pgqrs_0002's, run from pgqrs_0002 with 0.2-era clients.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +21,17 @@ import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 from test_0002_queue_policy import (
-    OLD_CLIENT,
+    PER_PRODUCER,
     POLICY_DEFAULTS,
+    PRODUCERS,
     ROOT,
     SEED_0001,
     STALL_BOUND,
-    hold_queue_lock_sql,
     migrate_to,
     offline,
     policies,
     sql,
-    wait_for_backlog,
+    upgrade_under_load,
 )
 
 from pgqrs import Admin, Consumer, Producer, migrate
@@ -263,65 +261,16 @@ def test_offline_sql_is_reviewable_ddl() -> None:
 
 # -- upgrade under load ----------------------------------------------------------------------
 
-PRODUCERS, CONSUMERS, PER_PRODUCER = 2, 3, 3000
-
-
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("long_transaction", [False, True], ids=["plain", "long-transaction"])
 async def test_upgrade_while_producers_and_consumers_run(
         empty_dsn: str, tmp_path: Path, caplog: pytest.LogCaptureFixture,
         long_transaction: bool) -> None:
     await migrate_to(empty_dsn, "pgqrs_0002")
-    await sql(empty_dsn, "INSERT INTO pgqrs_queues (queue_name) VALUES ('load')")
-    workers = [("producer", i) for i in range(1, PRODUCERS + 1)] + [
-        ("consumer", i) for i in range(PRODUCERS + 1, PRODUCERS + CONSUMERS + 1)]
-    for _, worker_id in workers:
-        await sql(empty_dsn, f"INSERT INTO pgqrs_workers (id, hostname, port, queue_id) "
-                             f"VALUES ({worker_id}, 'old', {worker_id}, 1)")
-    done = tmp_path / "done"
-    procs = []
-    for role, worker_id in workers:
-        out = tmp_path / f"{role}-{worker_id}.json"
-        with (tmp_path / f"{role}-{worker_id}.err").open("w") as err:
-            procs.append((role, out, subprocess.Popen(
-                [sys.executable, str(OLD_CLIENT), role, empty_dsn, str(worker_id), str(out),
-                 str(done), str(PER_PRODUCER)], stderr=err)))
     caplog.set_level(logging.INFO, logger="pgqrs.migrations")
-    holder = await asyncpg.connect(empty_dsn)
-    try:
-        in_flight = await wait_for_backlog(empty_dsn, at_least=2000)
-        # With long_transaction, an application's transaction that enqueued and stays open
-        # for 3 s: the ALTER must time out and retry (not make every client queue behind
-        # it), and the concurrent builds wait for it without blocking anyone.
-        await holder.execute("BEGIN")
-        held = await holder.fetchval(hold_queue_lock_sql() + " RETURNING id")
-
-        async def release_holder() -> None:
-            await asyncio.sleep(3.0 if long_transaction else 0)
-            await holder.execute("COMMIT")
-
-        async def upgrade() -> tuple[float, float]:
-            await asyncio.sleep(0.3)
-            async with Admin(empty_dsn) as admin:
-                start = time.time()
-                await admin.install()
-                return start, time.time()
-
-        (upgrade_start, upgrade_end), _ = await asyncio.gather(upgrade(), release_holder())
-        for role, _, proc in procs:
-            if role == "producer":
-                assert proc.wait(timeout=60) == 0, [p.read_text() for p in tmp_path.glob("*.err")]
-        done.touch()
-        for _, _, proc in procs:
-            assert proc.wait(timeout=60) == 0, [p.read_text() for p in tmp_path.glob("*.err")]
-    finally:
-        done.touch()
-        await holder.close()
-        for _, _, proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-
-    results = {out.name: json.loads(out.read_text()) for _, out, _ in procs}
+    load = await upgrade_under_load(empty_dsn, tmp_path, long_transaction=long_transaction)
+    results, held, in_flight = load.results, load.held, load.in_flight
+    upgrade_start, upgrade_end = load.upgrade_start, load.upgrade_end
     assert [e for r in results.values() for e in r["errors"]] == []
     produced = [i for name, r in results.items() if name.startswith("producer")
                 for i in r["ids"]] + [held]
