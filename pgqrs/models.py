@@ -143,14 +143,18 @@ class Message(PgqrsBase):
     group). Of a group's live messages only the head (the oldest) is claimable; the others
     are ``parked`` and stay out of the claim index until the head leaves (see
     ``pgqrs.repositories._groups``).
+
+    No foreign keys and no index on the worker columns (revision ``pgqrs_0005``): they cost
+    every enqueue and every claim. What guarantees the references instead is in
+    docs/guides/reliability.md: enqueues lock their queue row once per statement
+    (``pgqrs.repositories._enqueue``), deleting workers clears their ids from live messages
+    (``WorkerRepository.forget``), and worker ids come from an identity, never reused.
     """
 
     __tablename__ = "pgqrs_messages"
     __table_args__ = (
         # Lists and the dashboard page through a queue by id.
         Index(None, "queue_id", "id"),
-        Index(None, "consumer_worker_id"),
-        Index(None, "producer_worker_id"),
         # The claim: per priority level, the oldest visible first. Delayed and leased rows
         # (vt in the future) sort after every visible row of their level, so a claim never
         # walks them; parked rows are not in it at all.
@@ -165,9 +169,7 @@ class Message(PgqrsBase):
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    queue_id: Mapped[int] = mapped_column(
-        BigInteger, ForeignKey("pgqrs_queues.id"), nullable=False
-    )
+    queue_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
     vt: Mapped[datetime] = mapped_column(_TIMESTAMP, nullable=False, server_default=func.now())
     enqueued_at: Mapped[datetime] = mapped_column(
@@ -175,12 +177,8 @@ class Message(PgqrsBase):
     )
     read_ct: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     dequeued_at: Mapped[datetime | None] = mapped_column(_TIMESTAMP, nullable=True)
-    producer_worker_id: Mapped[int | None] = mapped_column(
-        BigInteger, ForeignKey("pgqrs_workers.id", ondelete="SET NULL"), nullable=True
-    )
-    consumer_worker_id: Mapped[int | None] = mapped_column(
-        BigInteger, ForeignKey("pgqrs_workers.id", ondelete="SET NULL"), nullable=True
-    )
+    producer_worker_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    consumer_worker_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     priority: Mapped[int] = mapped_column(SmallInteger, nullable=False,
                                           server_default=text("0"))
     parked: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
@@ -218,16 +216,17 @@ class Group(PgqrsBase):
 class Archive(PgqrsBase):
     """A message that left the live queue: processed, or a dead letter.
 
-    No foreign keys: the archive is history and outlives workers.
+    No foreign keys: the archive is history and outlives workers. Two secondary indexes,
+    each for a query that must not scan (revision ``pgqrs_0005`` dropped the other three:
+    every acknowledgement wrote an entry in each).
     """
 
     __tablename__ = "pgqrs_archive"
     __table_args__ = (
+        # Pages of a queue's archive, and the retention purge's batches.
         Index(None, "queue_id", "id"),
+        # The dashboard's throughput chart: the last minutes only.
         Index(None, "archived_at"),
-        Index(None, "original_msg_id"),
-        Index(None, "producer_worker_id"),
-        Index(None, "consumer_worker_id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)

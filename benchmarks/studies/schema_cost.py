@@ -82,7 +82,8 @@ async def _pgqrs(dsn: str, calls: int) -> dict[str, Cost]:
     conn = producer.conn
     # The channel is any name: nobody listens here, and NOTIFY's cost is paid at commit.
     fixed = {"p_queue_id": producer.queue_id, "p_delay": timedelta(0),
-             "p_worker_id": producer.worker_id, "p_channel": "pgqrs_schema_cost"}
+             "p_worker_id": producer.worker_id, "p_channel": "pgqrs_schema_cost",
+             "p_priority": 0, "p_headers": None}
     full_one = pgqrs_sql.compiled("_ENQUEUE")
     full_many = pgqrs_sql.compiled("_ENQUEUE_BATCH")
     one_args = full_one.binder("p_payload", **fixed)
@@ -103,13 +104,16 @@ async def _pgqrs(dsn: str, calls: int) -> dict[str, Cost]:
         [await _explain(conn, pgqrs_sql.enqueue_batch().sql, *producer._many_args(batch))
          for _ in range(calls // 10)])
     await conn.execute("ANALYZE pgqrs_messages")
-    held = "SELECT id FROM pgqrs_messages WHERE consumer_worker_id = $1"
+    # The held messages and the delivery each was claimed at (the ack's fence).
+    held = "SELECT id, read_ct FROM pgqrs_messages WHERE consumer_worker_id = $1"
     for size in (1, 50):
         claims, acks = [], []
         for _ in range(calls if size == 1 else calls // 10):
             claims.append(await _explain(consumer.conn, pgqrs_sql.claim().sql,
                                          *consumer._claim_args(size)))
-            ids = [r["id"] for r in await consumer.conn.fetch(held, consumer.worker_id)]
+            rows = await consumer.conn.fetch(held, consumer.worker_id)
+            consumer._read_cts.update((r["id"], r["read_ct"]) for r in rows)
+            ids = [r["id"] for r in rows]
             acks.append(await _explain(consumer.conn, pgqrs_sql.archive().sql,
                                        *consumer._archive_args(ids)))
         out[f"claim {size}"] = Cost.of(claims)

@@ -46,7 +46,7 @@ from pgqrs import errors
 from pgqrs._validation import Item, Options
 from pgqrs.models import groups_table, messages_table
 from pgqrs.repositories._base import EncodedJSONB, Executor, Repository, Statement
-from pgqrs.repositories._groups import CHANNEL, ENTRY_COLUMNS, entering, notified
+from pgqrs.repositories._groups import CHANNEL, ENTRY_COLUMNS, entering, locked_queue, notified
 
 _m = messages_table
 _g = groups_table
@@ -66,8 +66,11 @@ def _notifying(statement: Any) -> Any:
     return notified(statement.cte("changed"))
 
 
+# The queue's row, locked for the statement (see _groups.locked_queue): the only guard
+# against enqueueing into a queue being deleted now that no foreign key checks each row.
+_LOCKED = locked_queue(_QUEUE)
 _one: dict[str, Any] = {
-    "queue_id": _QUEUE, "payload": bindparam("p_payload", type_=EncodedJSONB),
+    "queue_id": _LOCKED, "payload": bindparam("p_payload", type_=EncodedJSONB),
     "vt": _NOW + _DELAY, "producer_worker_id": _WORKER, "priority": _PRIORITY,
     "headers": _HEADERS,
 }
@@ -115,7 +118,7 @@ _payloads = (
 ENQUEUE_BATCH = Statement(_notifying(
     insert(_m).from_select(
         ["queue_id", "payload", "vt", "producer_worker_id", "priority", "headers"],
-        select(_QUEUE, cast(_payloads.c.payload, JSONB), _NOW + _DELAY, _WORKER, _PRIORITY,
+        select(_LOCKED, cast(_payloads.c.payload, JSONB), _NOW + _DELAY, _WORKER, _PRIORITY,
                _HEADERS).order_by(_payloads.c.ord),
     ).returning(_m.c.id, _m.c.queue_id, _m.c.dedup_key)
 ))
@@ -137,7 +140,7 @@ def _items() -> Any:
         .render_derived()
     )
     return select(
-        _QUEUE.label("queue_id"), cast(items.c.payload, JSONB).label("payload"),
+        _LOCKED.label("queue_id"), cast(items.c.payload, JSONB).label("payload"),
         (_NOW + items.c.delay).label("vt"), _WORKER.label("producer_worker_id"),
         cast(items.c.priority, SmallInteger).label("priority"),
         cast(items.c.headers, JSONB).label("headers"),

@@ -58,11 +58,12 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.sql.selectable import CTE
 
-from pgqrs.models import archive_table, groups_table, messages_table
+from pgqrs.models import archive_table, groups_table, messages_table, queues_table
 
 _m = messages_table
 _a = archive_table
 _g = groups_table
+_q = queues_table
 
 CHANNEL = bindparam("p_channel", type_=Text)
 """The NOTIFY channel parameter every waking statement takes."""
@@ -76,6 +77,20 @@ ARCHIVE_COLUMNS = (
     "producer_worker_id", "consumer_worker_id", "priority", "dedup_key", "group_key",
     "headers", "dead_letter",
 )
+
+
+def locked_queue(queue_id: Any) -> Any:
+    """``queue_id`` if that queue exists, its row locked ``FOR KEY SHARE``; else NULL.
+
+    Every statement that inserts messages takes ``queue_id`` from here: what the foreign
+    key to ``pgqrs_queues`` did per row (pgqrs_0005 dropped it), once per statement when
+    ``queue_id`` is a parameter. ``Admin.delete_queue`` locks the row ``FOR UPDATE`` before
+    it counts the queue's messages, so an enqueue either commits first (and is counted:
+    the queue is in use) or waits and then finds no queue: NULL violates ``NOT NULL`` and
+    the statement fails, inserting nothing. Never an orphan message.
+    """
+    return (select(_q.c.id).where(_q.c.id == queue_id)
+            .with_for_update(read=True, key_share=True).scalar_subquery())
 
 
 def entering(rows: CTE, *, skip_duplicates: bool = False) -> Any:

@@ -27,7 +27,7 @@ from sqlalchemy import (
 
 from pgqrs.models import archive_table, messages_table
 from pgqrs.repositories._base import Executor, Repository, Statement
-from pgqrs.repositories._groups import entering, notified
+from pgqrs.repositories._groups import entering, locked_queue, notified
 from pgqrs.repositories.messages import to_archived
 from pgqrs.types import ArchivedMessage
 
@@ -52,7 +52,9 @@ def replay_statement(which: ColumnElement[bool]) -> Any:
         .cte("replayed")
     )
     rows = select(
-        replayed.c.queue_id, replayed.c.payload, func.now().label("vt"),
+        # A queue deleted meanwhile fails the replay (NULL queue_id), archive row kept.
+        locked_queue(replayed.c.queue_id).label("queue_id"), replayed.c.payload,
+        func.now().label("vt"),
         replayed.c.producer_worker_id, replayed.c.priority, replayed.c.headers,
         replayed.c.group_key, cast(null(), Text).label("dedup_key"),
         replayed.c.id.label("ord"),

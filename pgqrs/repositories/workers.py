@@ -9,7 +9,10 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    ColumnElement,
     Interval,
+    and_,
+    any_,
     bindparam,
     case,
     delete,
@@ -67,6 +70,38 @@ _HEARTBEAT = Statement(
     .values(heartbeat_at=_NOW)
     .returning(_w.c.status)
 )
+
+
+def _deleting(where: ColumnElement[bool]) -> Any:
+    """Delete the workers matching ``where`` and forget their ids in live messages.
+
+    What the foreign keys' ``ON DELETE SET NULL`` did before revision pgqrs_0005 dropped
+    them: no live message names a worker that is gone. The worker columns have no index
+    (every claim and enqueue would pay for one), so forgetting reads the live table, once
+    per statement and only when a worker was deleted (a one-time filter skips it
+    otherwise). Archived rows keep the ids: the archive is history.
+    """
+    gone = delete(_w).where(where).returning(_w.c.id).cte("gone")
+    ids = func.array(select(gone.c.id).scalar_subquery())
+
+    def forget(column: Any) -> Any:
+        return case((column == any_(ids), null()), else_=column)
+
+    forgotten = (
+        update(_m)
+        .where(select(gone.c.id).exists(),
+               or_(_m.c.producer_worker_id == any_(ids), _m.c.consumer_worker_id == any_(ids)))
+        .values(producer_worker_id=forget(_m.c.producer_worker_id),
+                consumer_worker_id=forget(_m.c.consumer_worker_id))
+        .returning(_m.c.id)
+        .cte("forgotten")
+    )
+    return select(gone.c.id).add_cte(forgotten)
+
+
+_PURGE_STOPPED = Statement(_deleting(and_(_w.c.status == WorkerStatus.STOPPED,
+                                          _w.c.heartbeat_at < _NOW - _STALE)))
+_DELETE = Statement(_deleting(_w.c.id == _ID))
 
 
 def to_worker(row: Mapping[Any, Any]) -> WorkerInfo:
@@ -187,19 +222,12 @@ class WorkerRepository(Repository):
 
     async def purge_stopped(self, executor: Executor, older_than: float) -> int:
         """Delete stopped workers whose last heartbeat is older than ``older_than`` seconds."""
-        stmt = (
-            delete(_w)
-            .where(_w.c.status == WorkerStatus.STOPPED, _w.c.heartbeat_at < _NOW - _STALE)
-            .returning(_w.c.id)
-        )
-        return len((await self._execute(executor, stmt, {"p_stale": _seconds(older_than)})).all())
+        return len(await self._rows(executor, _PURGE_STOPPED,
+                                    {"p_stale": _seconds(older_than)}))
 
     async def delete(self, executor: Executor, worker_id: int) -> bool:
-        """Delete one worker row; True if it existed."""
-        result = await self._execute(
-            executor, delete(_w).where(_w.c.id == worker_id).returning(_w.c.id)
-        )
-        return result.first() is not None
+        """Delete one worker row (its ids in live messages forgotten); True if it existed."""
+        return bool(await self._rows(executor, _DELETE, {"p_id": worker_id}))
 
     async def health(self, executor: Executor, *, stale_after: float,
                      by_queue: bool) -> builtins.list[WorkerHealthStats]:
