@@ -144,17 +144,22 @@ class Message(PgqrsBase):
     are ``parked`` and stay out of the claim index until the head leaves (see
     ``pgqrs.repositories._groups``).
 
-    No foreign keys and no index on the worker columns (revision ``pgqrs_0005``): they cost
-    every enqueue and every claim. What guarantees the references instead is in
-    docs/guides/reliability.md: enqueues lock their queue row once per statement
-    (``pgqrs.repositories._enqueue``), deleting workers clears their ids from live messages
-    (``WorkerRepository.forget``), and worker ids come from an identity, never reused.
+    No foreign keys, and of the worker columns only the held rows indexed (revision
+    ``pgqrs_0005``): they cost every enqueue and every claim. What guarantees the
+    references instead is in docs/guides/reliability.md: enqueues lock their queue row once
+    per statement (``pgqrs.repositories._groups.locked_queue``), deleting workers clears
+    their ids from live messages (``pgqrs.repositories.workers``), and worker ids come from
+    an identity, never reused.
     """
 
     __tablename__ = "pgqrs_messages"
     __table_args__ = (
         # Lists and the dashboard page through a queue by id.
         Index(None, "queue_id", "id"),
+        # The messages a worker holds (its release, held counts, a takeover): only held
+        # rows are in it, so an enqueue writes no entry and a claim one.
+        Index("ix_pgqrs_messages_held", "consumer_worker_id",
+              postgresql_where=text("consumer_worker_id IS NOT NULL")),
         # The claim: per priority level, the oldest visible first. Delayed and leased rows
         # (vt in the future) sort after every visible row of their level, so a claim never
         # walks them; parked rows are not in it at all.

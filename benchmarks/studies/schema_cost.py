@@ -11,17 +11,20 @@ On a fresh database of each schema it runs, ``calls`` times each, under ``EXPLAI
 
 - single enqueue and a 100-message batch enqueue: pgqrs's statements as pgqrs sends
   them (with their ``pg_notify``) and again without it, as the same-SQL floor sends
-  them; the minimal floor's INSERTs;
+  them; once more without the lookup and lock of the queue row that guards against
+  enqueueing into a queue being deleted (what that guard costs); the minimal floor's
+  INSERTs;
 - claim 1 + acknowledge 1, and claim 50 + acknowledge 50: pgqrs's claim (with the
   worker-is-ready check) and archive move; the minimal floor's ``UPDATE … SKIP LOCKED``
   and ``DELETE … RETURNING`` into its archive;
 
-and prints per statement the median server execution time (of it: time in triggers,
-i.e. foreign-key checks), WAL records, WAL bytes and full-page images, and shared
-buffers dirtied, per call. The statements run one at a time in autocommit, so commit
-costs (WAL flush, and NOTIFY's global lock at commit, which serialises concurrent
-producers) are not in these figures; the benchmark rows have them. It also lists each
-table's indexes, foreign keys and triggers.
+(``--levers``: pgqrs only, on the schema before revision pgqrs_0005 and then with its
+levers applied one at a time) and prints per statement the median server execution
+time (of it: time in triggers, i.e. foreign-key checks), WAL records, WAL bytes and
+full-page images, and shared buffers dirtied, per call. The statements run one at a
+time in autocommit, so commit costs (WAL flush, and NOTIFY's global lock at commit,
+which serialises concurrent producers) are not in these figures; the benchmark rows
+have them. It also lists each table's indexes, foreign keys and triggers.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -103,6 +107,18 @@ async def _pgqrs(dsn: str, calls: int) -> dict[str, Cost]:
     out["enqueue 100 (same SQL, no pg_notify)"] = Cost.of(
         [await _explain(conn, pgqrs_sql.enqueue_batch().sql, *producer._many_args(batch))
          for _ in range(calls // 10)])
+    # What the guard that replaced the queue foreign key costs (pgqrs_0005): the same
+    # statements with the locked queue lookup replaced by the bare parameter.
+    bare_one, bare_many = _unguarded(pgqrs_sql.enqueue().sql), \
+        _unguarded(pgqrs_sql.enqueue_batch().sql)
+    if bare_one != pgqrs_sql.enqueue().sql:
+        out["enqueue 1 (same SQL, no queue lock)"] = Cost.of(
+            [await _explain(conn, bare_one,
+                            *producer._one_args(encode(scenarios.payload(next(n)))))
+             for _ in range(calls)])
+        out["enqueue 100 (same SQL, no queue lock)"] = Cost.of(
+            [await _explain(conn, bare_many, *producer._many_args(batch))
+             for _ in range(calls // 10)])
     await conn.execute("ANALYZE pgqrs_messages")
     # The held messages and the delivery each was claimed at (the ack's fence).
     held = "SELECT id, read_ct FROM pgqrs_messages WHERE consumer_worker_id = $1"
@@ -121,6 +137,15 @@ async def _pgqrs(dsn: str, calls: int) -> dict[str, Cost]:
     await producer.close()
     await consumer.close()
     return out
+
+
+_QUEUE_LOCK = re.compile(r"\(SELECT (\S+)\.pgqrs_queues\.id\s+FROM \S+\s+WHERE \S+ = "
+                         r"\$1::BIGINT FOR KEY SHARE\)")
+
+
+def _unguarded(sql: str) -> str:
+    """``sql`` with the queue row's lookup and lock (``_groups.locked_queue``) taken out."""
+    return _QUEUE_LOCK.sub("$1::BIGINT", sql)
 
 
 async def _minimal(dsn: str, calls: int) -> dict[str, Cost]:
@@ -179,6 +204,58 @@ def _table(costs: dict[str, Cost]) -> str:
     return "\n".join(lines)
 
 
+# ``--levers``: the schema before revision pgqrs_0005, then its levers undone one at a
+# time (cumulatively), each on a fresh database: what each lever is worth alone.
+_FK = ("ALTER TABLE pgqrs_messages ADD CONSTRAINT {0} FOREIGN KEY ({1}) REFERENCES {2} (id)"
+       "{3}")
+LEVERS: list[tuple[str, list[str]]] = [
+    ("pgqrs_0004 schema (3 foreign keys, 3 + 5 secondary indexes)", [
+        _FK.format("fk_q", "queue_id", "pgqrs_queues", ""),
+        _FK.format("fk_p", "producer_worker_id", "pgqrs_workers", " ON DELETE SET NULL"),
+        _FK.format("fk_c", "consumer_worker_id", "pgqrs_workers", " ON DELETE SET NULL"),
+        "CREATE INDEX ix_mc ON pgqrs_messages (consumer_worker_id)",
+        "CREATE INDEX ix_mp ON pgqrs_messages (producer_worker_id)",
+        "DROP INDEX ix_pgqrs_messages_held",
+        "CREATE INDEX ix_ao ON pgqrs_archive (original_msg_id)",
+        "CREATE INDEX ix_ap ON pgqrs_archive (producer_worker_id)",
+        "CREATE INDEX ix_ac ON pgqrs_archive (consumer_worker_id)",
+    ]),
+    ("- the 3 foreign keys", [
+        "ALTER TABLE pgqrs_messages DROP CONSTRAINT fk_q, DROP CONSTRAINT fk_p, "
+        "DROP CONSTRAINT fk_c",
+    ]),
+    ("- the 2 worker indexes of pgqrs_messages, + the partial held index", [
+        "DROP INDEX ix_mc", "DROP INDEX ix_mp",
+        "CREATE INDEX ix_pgqrs_messages_held ON pgqrs_messages (consumer_worker_id) "
+        "WHERE consumer_worker_id IS NOT NULL",
+    ]),
+    ("- 3 of the archive's 5 secondary indexes (= head)", [
+        "DROP INDEX ix_ao", "DROP INDEX ix_ap", "DROP INDEX ix_ac",
+    ]),
+    ("(for scale) head without the partial held index", ["DROP INDEX ix_pgqrs_messages_held"]),
+]
+
+
+async def _levers(dsn: str, calls: int) -> None:
+    pgqrs_dbs = Databases(dsn)
+    await pgqrs_dbs.create_template()
+    applied: list[str] = []
+    try:
+        for title, statements in LEVERS:
+            applied += statements
+            async with pgqrs_dbs.fresh() as db:
+                conn = await asyncpg.connect(db)
+                try:
+                    for statement in applied:
+                        await conn.execute(statement)
+                finally:
+                    await conn.close()
+                print(f"\n## {title}\n")
+                print(_table(await _pgqrs(db, calls)))
+    finally:
+        await pgqrs_dbs.drop_template()
+
+
 async def _run(dsn: str, calls: int) -> None:
     pgqrs_dbs = Databases(dsn)
     minimal_dbs = Databases(dsn, "minimal", minimal.MinimalSide.install)
@@ -206,10 +283,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=400)
     parser.add_argument("--dsn", default=os.environ.get("PGQRS_DSN"))
     parser.add_argument("--pg-tmpdir", default=default_tmpdir())
+    parser.add_argument("--levers", action="store_true",
+                        help="pgqrs only: the schema before pgqrs_0005, then each of its "
+                             "levers in turn")
     args = parser.parse_args(argv)
     with server(args.dsn, tmpdir=args.pg_tmpdir) as pg:
-        print(f"# server-side cost per statement, pgqrs vs minimal design ({pg.description})")
-        asyncio.run(_run(pg.dsn, args.calls))
+        if args.levers:
+            print(f"# server-side cost per statement, lever by lever ({pg.description})")
+            asyncio.run(_levers(pg.dsn, args.calls))
+        else:
+            print(f"# server-side cost per statement, pgqrs vs minimal design "
+                  f"({pg.description})")
+            asyncio.run(_run(pg.dsn, args.calls))
     return 0
 
 

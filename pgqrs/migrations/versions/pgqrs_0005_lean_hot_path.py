@@ -14,9 +14,11 @@ What every enqueue, claim and acknowledgement paid for, measured per statement w
   statement, the code paths that delete workers clear their ids from live messages, and
   worker ids come from an identity, so a stale one never passes the acknowledgement fence.
 - The indexes on ``pgqrs_messages.consumer_worker_id`` and ``producer_worker_id``: every
-  claim (the consumer column changes) and every enqueue wrote an entry in each. The
-  queries by worker (release a worker's messages, count what it holds) are rare
-  administrative ones and read the live table, which is the working set.
+  enqueue wrote an entry in each (NULL included), every claim one more in the first. No
+  query looks messages up by producer. The messages a worker holds (its release, the
+  dashboard's and ``held_count``'s counts, a registration's takeover) are found through
+  ``ix_pgqrs_messages_held`` instead, a partial index of the held messages only: no entry
+  per enqueue, one per claim.
 - Three of the five secondary indexes of ``pgqrs_archive`` (``original_msg_id``,
   ``producer_worker_id``, ``consumer_worker_id``): no query of pgqrs's uses the first two;
   the archive's listing by worker is a rare administrative query. ``(queue_id, id)``
@@ -35,9 +37,13 @@ migration" in docs/guides/alembic.md):
   the upgrade's transaction; ``upgrade()`` then finds nothing left to do but record the
   revision. An interrupted ``DROP INDEX CONCURRENTLY`` leaves an INVALID index, which the
   next run drops (``IF EXISTS`` everywhere).
+  The partial index is built there too, first, ``CONCURRENTLY`` (an INVALID leftover of an
+  interrupted build is dropped and built again).
 - Without that step (a fresh install, ``Admin.install(connection=...)``, a host's own env,
-  the ``--sql`` script) ``upgrade()`` drops them in its transaction, under
-  ``lock_timeout``; dropping is instant whatever the table's size.
+  the ``--sql`` script) ``upgrade()`` does it all in its transaction, under
+  ``lock_timeout``; dropping is instant whatever the table's size, and the partial index
+  holds only leased messages (a warning says when the live table is big, as writes wait
+  for the build).
 - ``downgrade()`` restores every index and foreign key. Worker ids that no longer name a
   worker are set to NULL first (what the old ``ON DELETE SET NULL`` would have done), so
   the constraints validate. Each foreign key is added ``NOT VALID`` and then validated.
@@ -85,6 +91,9 @@ FOREIGN_KEYS = (
     ("fk_pgqrs_messages_consumer_worker_id_pgqrs_workers", "consumer_worker_id",
      "pgqrs_workers", " ON DELETE SET NULL"),
 )
+HELD_INDEX = ("ix_pgqrs_messages_held",
+              "(consumer_worker_id) WHERE consumer_worker_id IS NOT NULL")
+"""The partial index that replaces ``ix_pgqrs_messages_consumer_worker_id``."""
 # (name, table, column): the single-column indexes of pgqrs_0001 this revision drops.
 INDEXES = (
     ("ix_pgqrs_messages_consumer_worker_id", _MESSAGES, "consumer_worker_id"),
@@ -104,14 +113,30 @@ def upgrade() -> None:
     if context.as_sql:
         # The reviewable script: every step, in one transaction, re-runnable.
         op.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+        op.execute(_held_statement(quoted, concurrently=False))
         for statement in _drop_statements(quoted, concurrently=False):
             op.execute(statement)
         return
     bind = op.get_bind()
-    if not _remaining(bind, schema):
+    build = _index_state(bind, schema, HELD_INDEX[0]) != "valid"
+    if not build and not _remaining(bind, schema):
         return  # prepare_online() did it all
+    if build:
+        live = bind.execute(sa.text(
+            f"SELECT count(*) FROM (SELECT 1 FROM {quoted}.{_MESSAGES} "
+            f"LIMIT {BIG_TABLE + 1}) t")).scalar_one()
+        if live > BIG_TABLE:
+            log.warning(
+                "pgqrs migration %s: building index %s on %s (over %d live messages) inside "
+                "this transaction; enqueues and acks wait until it commits. To build it "
+                "concurrently instead, upgrade on a connection pgqrs owns (`pgqrs install` "
+                "or Admin.install() without connection=)", revision, HELD_INDEX[0],
+                _MESSAGES, BIG_TABLE)
 
     def drop() -> None:
+        if _index_state(bind, schema, HELD_INDEX[0]) == "invalid":
+            bind.execute(sa.text(f'DROP INDEX {quoted}."{HELD_INDEX[0]}"'))
+        bind.execute(sa.text(_held_statement(quoted, concurrently=False)))
         for statement in _drop_statements(quoted, concurrently=False):
             bind.execute(sa.text(statement))
 
@@ -129,7 +154,20 @@ def prepare_online(connection: sa.Connection, schema: str) -> None:
     done.
     """
     quoted = connection.dialect.identifier_preparer.quote_schema(schema)
-    if not _exists(connection, schema, _MESSAGES) or not _remaining(connection, schema):
+    if not _exists(connection, schema, _MESSAGES):
+        return
+    # The replacement first, so that releases by worker never lose their index.
+    state = _index_state(connection, schema, HELD_INDEX[0])
+    if state == "invalid":
+        log.warning("pgqrs migration %s: dropping the unfinished index %s of an interrupted "
+                    "build, then building it again", revision, HELD_INDEX[0])
+        connection.execute(sa.text(
+            f'DROP INDEX CONCURRENTLY IF EXISTS {quoted}."{HELD_INDEX[0]}"'))
+    if state != "valid":
+        log.info("pgqrs migration %s: building index %s concurrently", revision,
+                 HELD_INDEX[0])
+        connection.execute(sa.text(_held_statement(quoted, concurrently=True)))
+    if not _remaining(connection, schema):
         return
     previous = connection.execute(sa.text("SELECT current_setting('lock_timeout')")).scalar_one()
     connection.execute(sa.text(f"SET lock_timeout = '{LOCK_TIMEOUT}'"))
@@ -142,7 +180,11 @@ def prepare_online(connection: sa.Connection, schema: str) -> None:
         connection.execute(sa.text("SELECT set_config('lock_timeout', :v, false)"),
                            {"v": previous})
     for name, _, _ in INDEXES:
-        if _index_state(connection, schema, name) != "missing":
+        state = _index_state(connection, schema, name)
+        if state == "invalid":
+            log.warning("pgqrs migration %s: finishing the interrupted drop of index %s",
+                        revision, name)
+        if state != "missing":
             log.info("pgqrs migration %s: dropping index %s concurrently", revision, name)
             connection.execute(sa.text(f'DROP INDEX CONCURRENTLY IF EXISTS {quoted}."{name}"'))
 
@@ -155,6 +197,7 @@ def downgrade() -> None:
         op.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
         for statement in _restore_statements(quoted, concurrently=False):
             op.execute(statement)
+        op.execute(f'DROP INDEX IF EXISTS {quoted}."{HELD_INDEX[0]}"')
         return
     bind = op.get_bind()
     missing = [i for i in INDEXES if _index_state(bind, schema, i[0]) != "valid"]
@@ -175,6 +218,7 @@ def downgrade() -> None:
                 bind.execute(sa.text(f'DROP INDEX {quoted}."{name}"'))
         for statement in _restore_statements(quoted, concurrently=False):
             bind.execute(sa.text(statement))
+        bind.execute(sa.text(f'DROP INDEX IF EXISTS {quoted}."{HELD_INDEX[0]}"'))
 
     retry_on_lock_timeout(bind, restore)
 
@@ -185,8 +229,8 @@ def restore_online(connection: sa.Connection, schema: str) -> None:
     On an autocommit connection: the indexes ``CONCURRENTLY`` (an INVALID leftover of an
     interrupted build is dropped and built again), the dangling worker ids cleared, each
     foreign key added ``NOT VALID`` (a brief lock, under ``lock_timeout``, retried) and then
-    validated, which blocks no enqueue or claim. ``downgrade()`` then finds everything in
-    place. Re-runnable.
+    validated, which blocks no enqueue or claim; last, the partial index of held messages
+    goes ``CONCURRENTLY``. ``downgrade()`` then finds everything in place. Re-runnable.
     """
     quoted = connection.dialect.identifier_preparer.quote_schema(schema)
     for name, _, _ in INDEXES:
@@ -202,9 +246,16 @@ def restore_online(connection: sa.Connection, schema: str) -> None:
     finally:
         connection.execute(sa.text("SELECT set_config('lock_timeout', :v, false)"),
                            {"v": previous})
+    connection.execute(sa.text(f'DROP INDEX CONCURRENTLY IF EXISTS {quoted}."{HELD_INDEX[0]}"'))
 
 
 # -- DDL text -----------------------------------------------------------------------------
+
+
+def _held_statement(quoted: str, *, concurrently: bool) -> str:
+    name, definition = HELD_INDEX
+    return (f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}IF NOT EXISTS "
+            f'"{name}" ON {quoted}.{_MESSAGES} {definition}')
 
 
 def _drop_foreign_key(quoted: str, name: str) -> str:
