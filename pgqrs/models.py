@@ -146,7 +146,7 @@ class Message(PgqrsBase):
 
     No foreign keys, and of the worker columns only the held rows indexed (revision
     ``pgqrs_0005``): they cost every enqueue and every claim. What guarantees the
-    references instead is in docs/guides/reliability.md: enqueues lock their queue row once
+    references instead is in docs/reliability.md: enqueues lock their queue row once
     per statement (``pgqrs.repositories._groups.locked_queue``), deleting workers clears
     their ids from live messages (``pgqrs.repositories.workers``), and worker ids come from
     an identity, never reused.

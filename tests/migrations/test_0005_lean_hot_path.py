@@ -293,7 +293,12 @@ async def test_upgrade_while_producers_and_consumers_run(
     dropped = [r for r in caplog.records if "dropping index" in r.getMessage()]
     assert len(dropped) == len(INDEXES)
     retries = [r for r in caplog.records if "lock not available" in r.getMessage()]
-    assert bool(retries) is long_transaction
+    if long_transaction:
+        # The concurrent build of the held index waits the transaction out (blocking no
+        # one), so the foreign key drops that follow usually find their locks free.
+        assert upgrade_end - upgrade_start >= 2.0
+    else:
+        assert retries == []
 
     during = [(seconds, op) for r in results.values() for start, seconds, op in r["calls"]
               if start <= upgrade_end and start + seconds >= upgrade_start]

@@ -9,7 +9,7 @@ What every enqueue, claim and acknowledgement paid for, measured per statement w
 
 - The three foreign keys of ``pgqrs_messages`` (queue, producer worker, consumer worker):
   one referential-integrity trigger per inserted row (half of a 100-message batch's server
-  time) and one per claimed row. What replaces each is in docs/guides/reliability.md
+  time) and one per claimed row. What replaces each is in docs/reliability.md
   ("What the schema guarantees, and how"): enqueues lock their queue row once per
   statement, the code paths that delete workers clear their ids from live messages, and
   worker ids come from an identity, so a stale one never passes the acknowledgement fence.
