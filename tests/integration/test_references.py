@@ -8,6 +8,7 @@ its queue (made deterministic with a transaction held open).
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import asyncpg
 import pytest
@@ -147,3 +148,30 @@ async def test_an_enqueue_racing_a_queue_deletion_fails_and_leaves_nothing(
         await deleter.close()
     assert await sql(dsn, "SELECT id FROM pgqrs_messages") == []
     assert await dangling(dsn) == (0, 0, 0)
+
+
+async def test_queries_by_worker_use_the_held_index_and_purges_skip_the_table(
+        dsn: str, queue: str) -> None:
+    from test_claim_plans import explain, message_scans
+
+    from pgqrs.repositories import messages, workers
+
+    producer = Producer(dsn, queue, "p", 1)
+    consumer = Consumer(dsn, queue, "c", 2)
+    await producer.enqueue_batch([{"n": i} for i in range(5000)])
+    await consumer.dequeue(3)
+    worker_id = await consumer.register()
+    plans = {
+        "release": await explain(dsn, messages._RELEASE_WORKER, p_worker_id=worker_id,
+                                 p_channel="pgqrs"),
+        "purge, nothing to purge": await explain(dsn, workers._PURGE_STOPPED,
+                                                 p_stale=timedelta(hours=1)),
+        "delete an unknown worker": await explain(dsn, workers._DELETE, p_id=10**9),
+    }
+    release = message_scans(plans["release"])
+    assert release and all(n.get("Index Name") == "ix_pgqrs_messages_held" for n in release)
+    assert plans["release"]["Plan"]["Actual Rows"] == 3
+    for name in ("purge, nothing to purge", "delete an unknown worker"):
+        # The one-time filter: with no worker deleted, the live table is never read.
+        scans = message_scans(plans[name])
+        assert scans and all(n.get("Actual Loops", 0) == 0 for n in scans), (name, plans[name])

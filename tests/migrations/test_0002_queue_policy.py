@@ -43,6 +43,8 @@ RELEASED = [
      "f9cf2406db955aa665e5680dcd12eba94ba0f47a11ea2ebc48707e6f3ee4c57e"),
     ("pgqrs_0004_maintenance.py",
      "9aaa79b46c18161b42311d57f0b95a20a4443ec3ba40297ce387d2fd7e44ddc4"),
+    ("pgqrs_0005_lean_hot_path.py",
+     "2241c2073d46a1a25facf4b534f8385ff5401d65465652883b96bf50be8a167e"),
 ]
 
 POLICY_DEFAULTS = {"max_read_ct": 5, "visibility_timeout": timedelta(seconds=30),

@@ -147,11 +147,12 @@ def prepare_online(connection: sa.Connection, schema: str) -> None:
     """Do this revision's work outside any transaction, before ``upgrade()`` runs.
 
     ``pgqrs.migrate.prepare_sync`` calls it on an autocommit connection, holding the
-    install advisory lock, when the database is at an earlier revision. Each foreign key
-    drop is its own short transaction under ``lock_timeout`` (retried); each index goes
-    with ``DROP INDEX CONCURRENTLY``, which waits for the transactions using the table
-    without blocking new ones. Safe to run again after an interruption, and a no-op once
-    done.
+    install advisory lock, when the database is at an earlier revision. First the partial
+    index of held messages, ``CREATE INDEX CONCURRENTLY``; then each foreign key drop, its
+    own short transaction under ``lock_timeout`` (retried); then each index, ``DROP INDEX
+    CONCURRENTLY``. The concurrent steps wait for the transactions using the table without
+    blocking new ones. Safe to run again after an interruption (an INVALID leftover is
+    dropped, and the held index built again), and a no-op once done.
     """
     quoted = connection.dialect.identifier_preparer.quote_schema(schema)
     if not _exists(connection, schema, _MESSAGES):
