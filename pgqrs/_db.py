@@ -144,6 +144,10 @@ class DriverConnection:
         self.conn = conn
         self.driver = driver
         self.dialect = conn.dialect
+        # ``lost`` runs before every held statement: ask the synchronous connection
+        # directly rather than through the async proxy's property chain.
+        sync = conn.sync_connection
+        self._state: Connection | AsyncConnection = sync if sync is not None else conn
 
     @classmethod
     async def wrap(cls, conn: AsyncConnection) -> DriverConnection:
@@ -157,7 +161,7 @@ class DriverConnection:
     @property
     def lost(self) -> bool:
         """True if the connection was invalidated or its driver connection closed."""
-        return self.conn.invalidated or (self.driver is not None and self.driver.is_closed())
+        return self._state.invalidated or (self.driver is not None and self.driver.is_closed())
 
     async def execute(self, statement: Executable, parameters: Any = None, *,
                       execution_options: Any = None) -> Result[Any]:
@@ -188,12 +192,15 @@ class _HeldStatement:
             self._borrowed = db._borrowed()
             return await self._borrowed.__aenter__()
         db._held_busy = True
-        try:
-            self._held = await db._take_held()
-        except BaseException:
-            db._held_busy = False
-            raise
-        return self._held
+        held = db._held
+        if held is None or held.lost:
+            try:
+                held = await db._take_held()
+            except BaseException:
+                db._held_busy = False
+                raise
+        self._held = held
+        return held
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
