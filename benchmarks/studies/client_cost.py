@@ -3,14 +3,16 @@
 Usage (from the repository root)::
 
     python -m benchmarks.studies.client_cost [--calls 2000] [--batches 200] [--rounds 3]
-                                             [--dsn URL] [--pg-tmpdir DIR]
+                                             [--cycles 2000] [--dsn URL] [--pg-tmpdir DIR]
 
 Wall time on a shared 2-core machine mostly measures the neighbours; the client's CPU time
 (``time.process_time``: this process's user + system time, whatever else runs) is what
 the library adds. For each round it times, on one fresh database, ``calls`` single
 enqueues and ``batches`` enqueues of 100 messages through ``pgqrs.Producer`` and through
 the same-SQL floor (``benchmarks.sides.FloorProducer``: pgqrs's exact statements over
-raw asyncpg), the sides and operations taking turns (the side that goes first alternates
+raw asyncpg), then ``cycles`` ``dequeue(1)`` + ``archive_batch([id])`` cycles of
+preloaded messages (the consumer's hot path, for comparison; ``--cycles 0`` skips them),
+the sides and operations taking turns (the side that goes first alternates
 by round) so that the machine's noise falls on all of them alike. Payloads are built
 before the timed loops (~110-byte JSON, ``benchmarks.scenarios.payload``).
 
@@ -31,10 +33,11 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from benchmarks import scenarios
 from benchmarks.server import Databases, default_tmpdir, server
-from benchmarks.sides import FloorSide, PgqrsSide, ProducerLike
+from benchmarks.sides import ConsumerLike, FloorSide, PgqrsSide, ProducerLike
 
 Op = Callable[[int], Awaitable[object]]
 BATCH = 100
+CYCLE = "dequeue(1) + archive"
 WARM_UP = 30
 
 
@@ -47,6 +50,13 @@ def _ops(producer: ProducerLike, singles: list[scenarios.Payload],
         return await producer.enqueue_batch(batches[i % len(batches)])
 
     return {"single enqueue": single, f"batch enqueue ({BATCH})": batch}
+
+
+def _cycle(consumer: ConsumerLike) -> Op:
+    async def cycle(i: int) -> object:
+        (message,) = await consumer.dequeue(1)
+        return await consumer.archive_batch([message.id])
+    return cycle
 
 
 async def _cpu_per_call(op: Op, calls: int) -> float:
@@ -65,25 +75,31 @@ async def _run(args: argparse.Namespace, dsn: str) -> None:
     singles = scenarios.payloads(1000)
     batches = [scenarios.payloads(BATCH) for _ in range(4)]
     calls = {"single enqueue": args.calls, f"batch enqueue ({BATCH})": args.batches}
+    if args.cycles:
+        calls[CYCLE] = args.cycles
     sides = [PgqrsSide(0.01), FloorSide()]
     found: dict[tuple[str, str], list[float]] = {}
     load_before = os.getloadavg()
     try:
         for round_ in range(args.rounds):
             async with dbs.fresh() as db:
+                if args.cycles:  # claimed in id order: taken before anything enqueued
+                    await scenarios.preload(db, len(sides) * (args.cycles + WARM_UP))
                 producers = {side.name: await side.producer(db) for side in sides}
+                consumers = {side.name: await side.consumer(db) for side in sides}
                 try:
                     order = sides if round_ % 2 == 0 else sides[::-1]
                     for label, count in calls.items():
                         for side in order:
-                            op = _ops(producers[side.name], singles, batches)[label]
+                            op = (_cycle(consumers[side.name]) if label == CYCLE else
+                                  _ops(producers[side.name], singles, batches)[label])
                             cpu = await _cpu_per_call(op, count)
                             found.setdefault((label, side.name), []).append(cpu)
                             print(f"  round {round_ + 1} {label:<20} {side.name:<6} "
                                   f"{cpu:8.1f} µs CPU/call", flush=True)
                 finally:
-                    for producer in producers.values():
-                        await producer.close()
+                    for client in [*producers.values(), *consumers.values()]:
+                        await client.close()
     finally:
         await dbs.drop_template()
     load_after = os.getloadavg()
@@ -107,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=2000, help="single enqueues per round")
     parser.add_argument("--batches", type=int, default=200,
                         help=f"batch enqueues ({BATCH} messages each) per round")
+    parser.add_argument("--cycles", type=int, default=2000,
+                        help="dequeue(1) + archive_batch cycles per round (0: none)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dsn", default=os.environ.get("PGQRS_DSN"))
     parser.add_argument("--durable", action="store_true",
