@@ -3,7 +3,8 @@
 Usage (from the repository root)::
 
     python -m benchmarks.studies.client_cost [--calls 2000] [--batches 200] [--rounds 3]
-                                             [--cycles 2000] [--dsn URL] [--pg-tmpdir DIR]
+                                             [--cycles 2000] [--stub-driver] [--dsn URL]
+                                             [--pg-tmpdir DIR]
 
 Wall time on a shared 2-core machine mostly measures the neighbours; the client's CPU time
 (``time.process_time``: this process's user + system time, whatever else runs) is what
@@ -18,7 +19,14 @@ before the timed loops (~110-byte JSON, ``benchmarks.scenarios.payload``).
 
 It prints the median over the rounds of client CPU microseconds per call, the range,
 pgqrs minus floor (the library's extra CPU per call) and the load average before and
-after. The server starts with durability off by default (``--durable`` for the
+after.
+
+``--stub-driver`` times pgqrs's own Python alone: after registering, the producer's held
+connection gets a stand-in driver whose ``fetch`` answers at once (with as many ids as
+the call sent messages), so no I/O, event-loop wake-up or driver work is in the figure;
+it reaches into a private attribute (``Producer._db._held``) and exists for this study.
+
+The server starts with durability off by default (``--durable`` for the
 benchmark's default durability): a commit's fsync costs wall time, not client CPU.
 """
 
@@ -30,10 +38,13 @@ import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from benchmarks import scenarios
+from benchmarks.api import QUEUE, Payload
 from benchmarks.server import Databases, default_tmpdir, server
-from benchmarks.sides import ConsumerLike, FloorSide, PgqrsSide, ProducerLike
+from benchmarks.sides import ConsumerLike, FloorSide, PgqrsSide, ProducerLike, Side
+from pgqrs import Producer
 
 Op = Callable[[int], Awaitable[object]]
 BATCH = 100
@@ -41,8 +52,8 @@ CYCLE = "dequeue(1) + archive"
 WARM_UP = 30
 
 
-def _ops(producer: ProducerLike, singles: list[scenarios.Payload],
-         batches: list[list[scenarios.Payload]]) -> dict[str, Op]:
+def _ops(producer: ProducerLike, singles: list[Payload],
+         batches: list[list[Payload]]) -> dict[str, Op]:
     async def single(i: int) -> object:
         return await producer.enqueue(singles[i % len(singles)])
 
@@ -69,6 +80,52 @@ async def _cpu_per_call(op: Op, calls: int) -> float:
     return (time.process_time() - c0) / calls * 1e6
 
 
+class _StubDriver:
+    """Answers ``fetch`` at once with ``rows``; never closed."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, int]] = []
+
+    async def fetch(self, sql: str, *args: object) -> list[dict[str, int]]:
+        return self.rows
+
+    def is_closed(self) -> bool:
+        return False
+
+
+async def _stubbed(args: argparse.Namespace, dsn: str) -> None:
+    """pgqrs's own Python per enqueue call, the driver stubbed out (``--stub-driver``)."""
+    dbs = Databases(dsn)
+    await dbs.create_template()
+    singles = scenarios.payloads(1000)
+    batches = [scenarios.payloads(BATCH) for _ in range(4)]
+    found: dict[str, list[float]] = {}
+    try:
+        async with dbs.fresh() as db:
+            producer = Producer(db, QUEUE, "stub-producer", 0)
+            await producer.enqueue(singles[0])  # registers, takes the held connection
+            held: Any = producer._db._held  # type: ignore[attr-defined]
+            real, stub = held.driver, _StubDriver()
+            held.driver = stub
+            try:
+                ops = _ops(producer, singles, batches)
+                for _ in range(args.rounds):
+                    for label, count, rows in (("single enqueue", 10 * args.calls, 1),
+                                               (f"batch enqueue ({BATCH})", args.batches, BATCH)):
+                        stub.rows = [{"id": i + 1} for i in range(rows)]
+                        found.setdefault(label, []).append(await _cpu_per_call(ops[label], count))
+            finally:
+                held.driver = real
+                await producer.close()
+    finally:
+        await dbs.drop_template()
+    print(f"\npgqrs's own Python, driver stubbed out: client CPU µs per call, median of "
+          f"{args.rounds} rounds [range]\n")
+    for label, values in found.items():
+        print(f"  {label:<20} {statistics.median(values):8.2f} "
+              f"[{min(values):.2f}-{max(values):.2f}]")
+
+
 async def _run(args: argparse.Namespace, dsn: str) -> None:
     dbs = Databases(dsn)
     await dbs.create_template()
@@ -77,7 +134,7 @@ async def _run(args: argparse.Namespace, dsn: str) -> None:
     calls = {"single enqueue": args.calls, f"batch enqueue ({BATCH})": args.batches}
     if args.cycles:
         calls[CYCLE] = args.cycles
-    sides = [PgqrsSide(0.01), FloorSide()]
+    sides: list[Side] = [PgqrsSide(0.01), FloorSide()]
     found: dict[tuple[str, str], list[float]] = {}
     load_before = os.getloadavg()
     try:
@@ -98,8 +155,10 @@ async def _run(args: argparse.Namespace, dsn: str) -> None:
                             print(f"  round {round_ + 1} {label:<20} {side.name:<6} "
                                   f"{cpu:8.1f} µs CPU/call", flush=True)
                 finally:
-                    for client in [*producers.values(), *consumers.values()]:
-                        await client.close()
+                    for producer in producers.values():
+                        await producer.close()
+                    for consumer in consumers.values():
+                        await consumer.close()
     finally:
         await dbs.drop_template()
     load_after = os.getloadavg()
@@ -126,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cycles", type=int, default=2000,
                         help="dequeue(1) + archive_batch cycles per round (0: none)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--stub-driver", action="store_true",
+                        help="time pgqrs's own Python only, the driver stubbed out")
     parser.add_argument("--dsn", default=os.environ.get("PGQRS_DSN"))
     parser.add_argument("--durable", action="store_true",
                         help="start the server with default durability (fsync on)")
@@ -134,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with server(args.dsn, durable=args.durable, tmpdir=args.pg_tmpdir) as pg:
         print(f"# pgqrs client CPU per enqueue ({pg.description})")
-        asyncio.run(_run(args, pg.dsn))
+        asyncio.run(_stubbed(args, pg.dsn) if args.stub_driver else _run(args, pg.dsn))
     return 0
 
 
