@@ -203,20 +203,20 @@ class _HeldStatement:
         return held
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+                        exc: BaseException | None, tb: TracebackType | None) -> bool | None:
         if self._borrowed is not None:
-            await self._borrowed.__aexit__(exc_type, exc, tb)
-            return
+            return await self._borrowed.__aexit__(exc_type, exc, tb)
         db = self._db
         try:
             if exc is None:
-                return
+                return None
             if not isinstance(exc, errors.PgqrsError) \
                     or isinstance(exc, errors.DatabaseUnavailableError) \
                     or (self._held is not None and self._held.lost):
                 # Unreachable, closed, or cancelled mid-statement (the connection's state is
                 # unknown): replace it.
                 await db._release_held(invalidate=True)
+            return None
         finally:
             db._held_busy = False
 
