@@ -17,6 +17,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
+from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import asyncpg
@@ -143,6 +144,10 @@ class DriverConnection:
         self.conn = conn
         self.driver = driver
         self.dialect = conn.dialect
+        # ``lost`` runs before every held statement: ask the synchronous connection
+        # directly rather than through the async proxy's property chain.
+        sync = conn.sync_connection
+        self._state: Connection | AsyncConnection = sync if sync is not None else conn
 
     @classmethod
     async def wrap(cls, conn: AsyncConnection) -> DriverConnection:
@@ -156,13 +161,64 @@ class DriverConnection:
     @property
     def lost(self) -> bool:
         """True if the connection was invalidated or its driver connection closed."""
-        return self.conn.invalidated or (self.driver is not None and self.driver.is_closed())
+        return self._state.invalidated or (self.driver is not None and self.driver.is_closed())
 
     async def execute(self, statement: Executable, parameters: Any = None, *,
                       execution_options: Any = None) -> Result[Any]:
         """Run ``statement`` through SQLAlchemy on this connection."""
         return await self.conn.execute(statement, parameters,
                                        execution_options=execution_options)
+
+
+class _HeldStatement:
+    """``Database.statement()`` on the held connection (a pooled one while it is busy).
+
+    A class rather than an ``asynccontextmanager``: this runs around every hot-path call,
+    and a generator-based context manager, with an ``asyncio.Lock``, cost several times
+    as much. A flag replaces the lock: nothing ever waited on it (a call finding it taken
+    borrows a pooled connection instead), and the event loop runs one task at a time.
+    """
+
+    __slots__ = ("_borrowed", "_db", "_held")
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._held: DriverConnection | None = None
+        self._borrowed: AbstractAsyncContextManager[Executor] | None = None
+
+    async def __aenter__(self) -> Executor:
+        db = self._db
+        if db._held_busy:
+            self._borrowed = db._borrowed()
+            return await self._borrowed.__aenter__()
+        db._held_busy = True
+        held = db._held
+        if held is None or held.lost:
+            try:
+                held = await db._take_held()
+            except BaseException:
+                db._held_busy = False
+                raise
+        self._held = held
+        return held
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> bool | None:
+        if self._borrowed is not None:
+            return await self._borrowed.__aexit__(exc_type, exc, tb)
+        db = self._db
+        try:
+            if exc is None:
+                return None
+            if not isinstance(exc, errors.PgqrsError) \
+                    or isinstance(exc, errors.DatabaseUnavailableError) \
+                    or (self._held is not None and self._held.lost):
+                # Unreachable, closed, or cancelled mid-statement (the connection's state is
+                # unknown): replace it.
+                await db._release_held(invalidate=True)
+            return None
+        finally:
+            db._held_busy = False
 
 
 class Database:
@@ -197,7 +253,8 @@ class Database:
         # A derived view sharing the pool; the host's engine object is not modified.
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._held: DriverConnection | None = None
-        self._held_lock: asyncio.Lock | None = None
+        self._held_busy = False
+        """True while a statement uses ``_held`` (or connects it): others borrow."""
 
     @contextlib.asynccontextmanager
     async def transaction(
@@ -220,9 +277,8 @@ class Database:
             async with self.engine.begin() as conn:
                 yield conn
 
-    @contextlib.asynccontextmanager
-    async def statement(self, lent: Executor | None = None) -> AsyncIterator[Executor]:
-        """Yield an executor for ONE atomic statement: ``lent`` as is, else autocommit.
+    def statement(self, lent: Executor | None = None) -> AbstractAsyncContextManager[Executor]:
+        """An executor for ONE atomic statement: ``lent`` as is, else autocommit.
 
         A single statement is its own transaction, so skipping BEGIN/COMMIT saves two round
         trips on every hot-path call (enqueue, dequeue, ack). The client keeps one pooled
@@ -232,36 +288,30 @@ class Database:
         if lent is not None or self.settings.pgbouncer:
             # Behind pgbouncer's transaction pooling, a statement's protocol messages must
             # stay inside one transaction to stay on one server connection.
-            async with self.transaction(lent) as executor:
-                yield executor
-            return
-        if self._held_lock is None:
-            self._held_lock = asyncio.Lock()
-        if self._held_lock.locked():
+            return self.transaction(lent)
+        return _HeldStatement(self)
+
+    @contextlib.asynccontextmanager
+    async def _borrowed(self) -> AsyncIterator[Executor]:
+        """A pooled autocommit connection for one statement, while the held one is busy."""
+        with errors.translate_db_errors():
+            async with self._autocommit.connect() as conn:
+                yield await DriverConnection.wrap(conn)
+
+    async def _take_held(self) -> DriverConnection:
+        """The held connection, (re)connected if need be (the caller set ``_held_busy``)."""
+        held = self._held
+        if held is not None and held.lost:
+            # Closed while idle (server restart, idle timeout): reconnect before use,
+            # a free "pre-ping" since the driver already noticed.
+            await self._release_held(invalidate=True)
+            held = None
+        if held is None:
             with errors.translate_db_errors():
-                async with self._autocommit.connect() as conn:
-                    yield await DriverConnection.wrap(conn)
-            return
-        async with self._held_lock:
-            if self._held is not None and self._held.lost:
-                # Closed while idle (server restart, idle timeout): reconnect before use,
-                # a free "pre-ping" since the driver already noticed.
-                await self._release_held(invalidate=True)
-            if self._held is None:
-                with errors.translate_db_errors():
-                    conn = self._autocommit.connect()
-                    await conn.start()
-                    self._held = await DriverConnection.wrap(conn)
-            try:
-                yield self._held
-            except errors.PgqrsError as exc:
-                if isinstance(exc, errors.DatabaseUnavailableError) or self._held.lost:
-                    await self._release_held(invalidate=True)
-                raise
-            except BaseException:
-                # Cancelled mid-statement: the connection's state is unknown; replace it.
-                await self._release_held(invalidate=True)
-                raise
+                conn = self._autocommit.connect()
+                await conn.start()
+                held = self._held = await DriverConnection.wrap(conn)
+        return held
 
     def lock(self) -> asyncio.Lock:
         """An asyncio lock: a client's calls run as tasks of one event loop."""

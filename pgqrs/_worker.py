@@ -136,6 +136,12 @@ class WorkerClient:
 
     async def _ids(self, operation: str, *allowed: WorkerStatus) -> tuple[int, int]:
         """Register if needed, check the local status; return (worker_id, queue_id)."""
+        worker_id, queue_id = self._worker_id, self._queue_id
+        if worker_id is not None and queue_id is not None and self._status in allowed \
+                and not self._replaced and not self._beats_on_use:
+            # Every call after the first: registered, allowed, beaten in the background.
+            # What the checks below would conclude, without awaiting register().
+            return worker_id, queue_id
         worker_id = await self.register()
         if self._beats_on_use and time.monotonic() >= self._next_beat and not self._closed:
             await self._beat_on_use()

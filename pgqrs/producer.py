@@ -46,10 +46,6 @@ class Producer(WorkerClient):
         self._bucket = (_validation.TokenBucket(rate, self.settings.rate_burst)
                         if rate is not None else None)
 
-    def _encode(self, payload: object) -> str:
-        return _validation.encode_payload(payload, max_bytes=self.settings.max_payload_bytes,
-                                          max_depth=self.settings.max_payload_depth)
-
     async def enqueue(self, payload: dict[str, Any], *, delay: float | None = None,
                       priority: int = 0, dedup_key: str | None = None,
                       headers: Mapping[str, str] | None = None, group: str | None = None,
@@ -81,10 +77,13 @@ class Producer(WorkerClient):
         """
         # pgqrs.otel.instrument(): a PRODUCER span, its context added to the headers.
         with _tracing.sending(self.queue_name, 1) as trace:
-            encoded = self._encode(payload)
+            settings = self.settings
+            encoded = _validation.encode_payload(payload, max_bytes=settings.max_payload_bytes,
+                                                 max_depth=settings.max_payload_depth)
             options = _validation.options(priority=priority, headers=trace.inject(headers),
                                           group=group, dedup_key=dedup_key, delay=delay)
-            lent = _validation.lent(session, connection)
+            lent = (None if session is None and connection is None
+                    else _validation.lent(session, connection))
             worker_id, queue_id = await self._ids("enqueue", *_CAN_ENQUEUE)
             if self._bucket is not None:
                 await self._bucket.acquire()
@@ -95,7 +94,8 @@ class Producer(WorkerClient):
                 message_id = await self._messages.enqueue(
                     conn, queue_id=queue_id, payload=encoded, options=options,
                     worker_id=worker_id)
-            trace.sent([message_id])
+            if trace is not _tracing.UNTRACED:
+                trace.sent([message_id])
             return message_id
 
     async def enqueue_delayed(self, payload: dict[str, Any], delay_seconds: float) -> int:
@@ -140,7 +140,9 @@ class Producer(WorkerClient):
             worker_id, queue_id = await self._ids("enqueue", *_CAN_ENQUEUE)
             if self._bucket is not None:
                 await self._bucket.acquire(len(items))
-            if defaults.group is None and all(i.options == defaults for i in items):
+            # Dict items carry ``defaults`` itself: identity settles most without comparing.
+            if defaults.group is None and all(i.options is defaults or i.options == defaults
+                                              for i in items):
                 async with self._db.statement(lent) as conn:
                     return await self._messages.enqueue_batch(
                         conn, queue_id=queue_id, payloads=[i.payload for i in items],

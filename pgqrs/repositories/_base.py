@@ -15,8 +15,9 @@ SQLAlchemy's own bounded cache looks after it.
 
 from __future__ import annotations
 
+import operator
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, cast
 
 from sqlalchemy import Executable, Result
@@ -67,6 +68,8 @@ class Compiled(NamedTuple):
     """Bound parameter names in placeholder order."""
     defaults: dict[str, Any]
     """Values of parameters the statement binds itself (literals folded into binds)."""
+    bind: Callable[[Mapping[str, Any]], Sequence[Any]]
+    """The positional arguments from a mapping of parameter values (``_binder``)."""
 
 
 class Statement:
@@ -114,7 +117,25 @@ def _compile(statement: Executable, schema: str, dialect: Dialect) -> Compiled:
     )
     names = tuple(compiled.positiontup or ())
     defaults = {n: compiled.binds[n].effective_value for n in names if n in compiled.binds}
-    return Compiled(str(compiled), names, defaults)
+    return Compiled(str(compiled), names, defaults, _binder(names, defaults))
+
+
+def _binder(names: tuple[str, ...],
+            defaults: dict[str, Any]) -> Callable[[Mapping[str, Any]], Sequence[Any]]:
+    """``params[n]`` for each name in order (else its default), built once per statement.
+
+    ``itemgetter`` does the lookups in C; a missing parameter raises ``KeyError``.
+    """
+    if not names:
+        return lambda params: ()
+    get = operator.itemgetter(*names)
+    if len(names) == 1:
+        if defaults:
+            return lambda params: (get({**defaults, **params}),)
+        return lambda params: (get(params),)
+    if defaults:
+        return lambda params: get({**defaults, **params})
+    return get
 
 
 class Repository:
@@ -156,7 +177,20 @@ class Repository:
         compiled = statement._compiled.get((self.schema, type(dialect)))
         if compiled is None:
             compiled = statement.compile(self.schema, dialect)
-        args = [params[n] if n in params else compiled.defaults[n] for n in compiled.names]
-        with errors.translate_db_errors(**context):
-            rows: Sequence[Mapping[str, Any]] = await driver.fetch(compiled.sql, *args)
-            return rows
+        try:
+            rows: Sequence[Mapping[str, Any]] = await driver.fetch(compiled.sql,
+                                                                   *compiled.bind(params))
+        except Exception as exc:
+            _translate(exc, context)
+            raise
+        return rows
+
+
+def _translate(exc: Exception, context: dict[str, Any]) -> None:
+    """Raise ``exc`` as ``errors.translate_db_errors`` would have from around the call.
+
+    The hot path catches instead of entering that context manager on every call: the
+    translation is the same, and the success path pays nothing for it.
+    """
+    with errors.translate_db_errors(**context):
+        raise exc

@@ -236,9 +236,9 @@ class Enqueuing(Repository):
                                                 items=[Item(payload, options)],
                                                 worker_id=worker_id)
             return found
-        params = {**self._base(queue_id, worker_id), "p_payload": payload,
-                  "p_delay": _interval(options.delay), "p_priority": options.priority,
-                  "p_headers": options.headers}
+        params = {"p_queue_id": queue_id, "p_worker_id": worker_id, "p_channel": self.channel,
+                  "p_payload": payload, "p_delay": _interval(options.delay),
+                  "p_priority": options.priority, "p_headers": options.headers}
         if options.group is not None:
             rows = await self._rows(executor, ENQUEUE_GROUP, {**params, "p_group": options.group})
         elif options.dedup_key is None:
@@ -266,12 +266,15 @@ class Enqueuing(Repository):
         Returns the ids in input order.
         """
         rows = await self._rows(executor, ENQUEUE_BATCH, {
-            **self._base(queue_id, worker_id), "p_payloads": list(payloads),
+            "p_queue_id": queue_id, "p_worker_id": worker_id, "p_channel": self.channel,
+            "p_payloads": payloads if isinstance(payloads, list) else list(payloads),
             "p_delay": _interval(options.delay), "p_priority": options.priority,
             "p_headers": options.headers,
         })
         # Ids come from one sequence in ordinality order, so sorting restores input order.
-        return sorted(int(r["id"]) for r in rows)
+        ids: list[int] = [r["id"] for r in rows]  # bigint: an int already
+        ids.sort()
+        return ids
 
     async def enqueue_items(self, executor: Executor, *, queue_id: int,
                             items: Sequence[Item], worker_id: int | None) -> list[int]:
@@ -351,8 +354,11 @@ class Enqueuing(Repository):
         })
 
 
+_NO_DELAY = timedelta(0)
+
+
 def _interval(seconds: float | None) -> timedelta:
-    return timedelta(seconds=seconds or 0)
+    return timedelta(seconds=seconds) if seconds else _NO_DELAY
 
 
 def _arrays(items: Sequence[Item]) -> dict[str, list[Any]]:
