@@ -34,6 +34,8 @@ SettledHook = Callable[[Settled], Awaitable[None] | None]
 """``on_settled``: called once per delivery after its outcome is recorded."""
 HandlerWrapper = Callable[[QueueMessage], contextlib.AbstractAsyncContextManager[object]]
 """``around_handler``: an async context manager entered around each handler call."""
+ClaimedHook = Callable[[Sequence[QueueMessage]], Awaitable[None] | None]
+"""``on_claimed``: called with the messages of each non-empty claim, before their handlers."""
 
 IDLE_WAIT = 60.0
 """How long one idle wait of the consume loop lasts before it starts another."""
@@ -165,9 +167,10 @@ class ConsumeLoop:
                  concurrency: int, poll_interval: float, backoff_base: float | None,
                  backoff_max: float | None, grace_period: float, stop: asyncio.Event | None,
                  stop_when_idle: bool, on_settled: SettledHook | None = None,
-                 around_handler: HandlerWrapper | None = None) -> None:
+                 around_handler: HandlerWrapper | None = None,
+                 on_claimed: ClaimedHook | None = None) -> None:
         for name, value in (("handler", handler), ("on_settled", on_settled),
-                            ("around_handler", around_handler)):
+                            ("around_handler", around_handler), ("on_claimed", on_claimed)):
             if not callable(value) and (value is not None or name == "handler"):
                 raise errors.ValidationError(f"{name} must be callable, got {value!r:.40}")
         self.source = source
@@ -186,6 +189,7 @@ class ConsumeLoop:
         self.stop_when_idle = stop_when_idle
         self.on_settled = on_settled
         self.around_handler = around_handler
+        self.on_claimed = on_claimed
         self.in_flight: dict[asyncio.Task[None], _Delivery] = {}
         self.acks = AckBatcher(source.archive, self._settle)
         self.succeeded = 0
@@ -237,6 +241,8 @@ class ConsumeLoop:
                 continue
             if claimed.idle:
                 return
+            if claimed.messages and self.on_claimed is not None:
+                await self._claimed(claimed.messages)
             for message in claimed.messages:
                 delivery = _Delivery(message)
                 task = asyncio.create_task(self._process(delivery))
@@ -273,6 +279,15 @@ class ConsumeLoop:
         # Nothing in hand: claim, and if the queue is empty block until NOTIFY (or polling,
         # or the next due message) or stop.
         return _Round(await source.claim(limit, lease, wait, self.stop, self.poll))
+
+    async def _claimed(self, messages: list[QueueMessage]) -> None:
+        """Tell the ``on_claimed`` hook (metrics); like ``on_settled``, it never stops the loop."""
+        try:
+            result = self.on_claimed(messages) if self.on_claimed is not None else None
+            if result is not None:
+                await result
+        except Exception:
+            log.exception("pgqrs on_claimed hook failed; the loop carries on")
 
     async def _paused(self) -> bool:
         """Wait while the worker is suspended; False once it is stopped or replaced."""

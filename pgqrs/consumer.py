@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pgqrs import _consume, _deliveries, _notify, _tracing, _validation, errors
 from pgqrs import maintenance as _maint
-from pgqrs._consume import Handler, HandlerWrapper, SettledHook
+from pgqrs._consume import ClaimedHook, Handler, HandlerWrapper, SettledHook
 from pgqrs._worker import WorkerClient
 from pgqrs.types import QueueMessage, QueuePolicy, WorkerStatus
 
@@ -369,6 +369,7 @@ class Consumer(WorkerClient):
         handle_signals: bool | None = None,
         on_settled: SettledHook | None = None,
         around_handler: HandlerWrapper | None = None,
+        on_claimed: ClaimedHook | None = None,
         maintenance: bool | float = False,
     ) -> int:
         """Run ``handler`` on every message until stopped; return how many succeeded.
@@ -428,6 +429,9 @@ class Consumer(WorkerClient):
                 handler call, in the handler's task (for a tracing span or context
                 variables). Whatever it raises counts as the handler failing; an
                 exception it swallows counts as success.
+            on_claimed: ``def`` or ``async def hook(messages)``, called with the messages
+                of each non-empty claim before their handlers start (for metrics such as
+                ``pgqrs.prometheus.ConsumeMetrics.claimed``); errors are logged and ignored.
             maintenance: also run the maintenance routine (``pgqrs.maintenance``) for as
                 long as this loop runs: True every 60 s, or every this many seconds. One
                 runner acts at a time across all processes, whoever started them.
@@ -444,7 +448,7 @@ class Consumer(WorkerClient):
             poll_interval=poll_interval or self.poll_interval, backoff_base=backoff_base,
             backoff_max=backoff_max, grace_period=grace_period, stop=stop,
             stop_when_idle=stop_when_idle, on_settled=on_settled,
-            around_handler=around_handler,
+            around_handler=around_handler, on_claimed=on_claimed,
         )
         if maintenance is False:
             return await loop.run(handle_signals=handle_signals)

@@ -11,8 +11,9 @@ order that rotates from round to round so drift on a shared machine hits every v
 alike:
 
 - ``off``: no hook;
-- ``on``: ``on_settled=ConsumeMetrics(...)`` (a counter and two histogram observations per
-  delivery);
+- ``on``: ``on_settled=metrics, on_claimed=metrics.claimed`` with ``metrics =
+  ConsumeMetrics(...)`` (a counter and two histogram observations per delivery, one
+  observation per claim);
 - ``on+scrape``: the same, plus the queue-state collector scraped every second from
   another thread (the database-side cost of a Prometheus scraping the queue meanwhile).
 
@@ -82,9 +83,10 @@ async def run_once(dsn: str, variant: str, *, messages: int, batch: int
             if scraper is not None:
                 scraper.__enter__()
             try:
-                handled = await consumer.consume(_noop, batch_size=batch, concurrency=batch,
-                                                 poll_interval=0.01, stop_when_idle=True,
-                                                 on_settled=hook)
+                handled = await consumer.consume(
+                    _noop, batch_size=batch, concurrency=batch, poll_interval=0.01,
+                    stop_when_idle=True, on_settled=hook,
+                    on_claimed=hook.claimed if hook is not None else None)
             finally:
                 if scraper is not None:
                     scraper.__exit__()

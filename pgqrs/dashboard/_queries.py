@@ -26,9 +26,7 @@ from sqlalchemy import (
     Interval,
     Select,
     Text,
-    and_,
     bindparam,
-    case,
     cast,
     func,
     literal,
@@ -36,6 +34,7 @@ from sqlalchemy import (
 )
 
 from pgqrs.models import archive_table, messages_table, queues_table, workers_table
+from pgqrs.repositories import _states
 from pgqrs.repositories._base import Executor, Repository, Statement
 from pgqrs.repositories.archive import replay_statement
 
@@ -48,8 +47,8 @@ _NOW = func.now()
 PREVIEW_CHARS = 160
 """How much of a payload's JSON text a list shows; the rest stays in the database."""
 
-MESSAGE_STATES = ("pending", "leased", "delayed", "dead")
-"""Live message states, as ``Admin.queue_metrics`` counts them."""
+MESSAGE_STATES = _states.STATES
+"""Live message states, as ``Admin.queue_metrics`` counts them (the same conditions)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,24 +69,11 @@ class Cursor:
 
 
 def _state(max_read_ct: ColumnElement[Any]) -> ColumnElement[str]:
-    visible = _m.c.vt <= _NOW
-    return case(
-        (and_(visible, _m.c.read_ct >= max_read_ct), "dead"),
-        (visible, "pending"),
-        (_m.c.consumer_worker_id.is_not(None), "leased"),
-        else_="delayed",
-    )
+    return _states.state(_m, max_read_ct)
 
 
 def _state_filter(state: str, max_read_ct: ColumnElement[Any]) -> ColumnElement[bool]:
-    visible = _m.c.vt <= _NOW
-    exhausted = _m.c.read_ct >= max_read_ct
-    return {
-        "pending": and_(visible, ~exhausted),
-        "dead": and_(visible, exhausted),
-        "leased": and_(~visible, _m.c.consumer_worker_id.is_not(None)),
-        "delayed": and_(~visible, _m.c.consumer_worker_id.is_(None)),
-    }[state]
+    return _states.conditions(_m, max_read_ct)[state]
 
 
 def _preview(payload: Any) -> Any:

@@ -10,7 +10,9 @@ One opt-in call traces every client of the process::
   added to each message's headers.
 - ``Consumer.consume``: a CONSUMER span ``process <queue>`` per delivery, a child of the
   producer's span (and linked to it), current while the handler runs and ended once the
-  delivery is settled, with the outcome, the attempt (``read_ct``) and any exception.
+  delivery is settled, with the outcome, the attempt (``read_ct``) and any exception. A
+  delivery whose producer was not sampled gets none when the sampler follows the parent
+  (``ParentBased``): its handler runs in the producer's unsampled context.
 
 Spans follow the OpenTelemetry messaging semantic conventions (v1.27+: operation types
 ``send`` and ``process``). Only ``opentelemetry-api`` is needed; spans are recorded by

@@ -22,7 +22,7 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanKind, Status, StatusCode
 
 from pgqrs import __version__, _tracing
 from pgqrs.types import NewMessage, Outcome, QueueMessage, Settled
@@ -39,6 +39,13 @@ _EMPTY = otel_context.Context()
 _OPEN_LIMIT = 100_000
 """Most deliveries one consume loop may have between handler start and settle; a guard."""
 
+_DROPS_UNSAMPLED = "remoteParentNotSampled:AlwaysOffSampler"
+"""In an SDK sampler's description: a remote parent that is not sampled gets no span.
+
+The SDK's default sampler (``ParentBased``, whatever its root) says so, and
+``Sampler.get_description()`` is public API, so no SDK internals are read.
+"""
+
 
 def context_of(message: QueueMessage) -> otel_context.Context:
     """The trace context a message carries in its headers (empty if none).
@@ -52,10 +59,14 @@ def context_of(message: QueueMessage) -> otel_context.Context:
     Args:
         message: a message read from the queue.
     """
-    headers = message.headers
-    if not headers:
-        return _EMPTY  # nothing to parse: a new trace
-    return propagate.extract(headers, context=otel_context.Context())
+    return _extract(message.headers, propagate.get_global_textmap().fields)
+
+
+def _extract(headers: Mapping[str, str] | None, fields: Any) -> otel_context.Context:
+    """The context in ``headers``; ``fields``: the header names the propagator reads."""
+    if not headers or fields.isdisjoint(headers):
+        return _EMPTY  # nothing to parse (the propagator would find nothing): a new trace
+    return propagate.extract(headers, context=_EMPTY)
 
 
 class _Send:
@@ -93,31 +104,51 @@ class _Send:
 
 
 class _Consume:
-    """The spans of one ``consume()`` run: opened around the handler, ended when settled."""
+    """The spans of one ``consume()`` run: opened around the handler, ended when settled.
 
-    def __init__(self, tracer: trace.Tracer, queue: str, around: Any, settled: Any) -> None:
+    Per delivery the SDK's own work (parse the ``traceparent``, sample, start and end a
+    span with its attributes and link) is most of the cost; what pgqrs adds is kept to
+    what cannot be done once per loop: the constant attributes, the propagator's header
+    names and whether the sampler drops unsampled parents are looked up here, once.
+    """
+
+    def __init__(self, tracer: trace.Tracer, queue: str, around: Any, settled: Any,
+                 provider: trace.TracerProvider) -> None:
         self.tracer = tracer
-        self.queue = queue
         self.name = f"process {queue}"
         self.user_around = around
         self.user_settled = settled
+        self.fields = propagate.get_global_textmap().fields
+        self.constant = {
+            "messaging.system": SYSTEM,
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.destination.name": queue,
+        }
+        # A message whose producer was not sampled gets no span of ours when the sampler
+        # would drop it anyway (ParentBased: the usual production setting): the producer's
+        # context is made current as it is, so the handler's own spans and calls stay in
+        # its (unsampled) trace, for the cost of parsing the header.
+        sampler = getattr(provider, "sampler", None)
+        describe = getattr(sampler, "get_description", None)
+        self.skip_unsampled = callable(describe) and _DROPS_UNSAMPLED in str(describe())
         # (message id, read_ct) -> its span: one entry per delivery whose handler started.
         self.open: dict[tuple[int, int], Span] = {}
 
     def start(self, message: QueueMessage) -> Span:
-        parent = context_of(message)
-        produced = trace.get_current_span(parent).get_span_context()
-        return self.tracer.start_span(
-            self.name, context=parent, kind=SpanKind.CONSUMER,
-            links=[Link(produced)] if produced.is_valid else None,
-            attributes={
-                "messaging.system": SYSTEM,
-                "messaging.operation.type": "process",
-                "messaging.operation.name": "process",
-                "messaging.destination.name": self.queue,
-                "messaging.message.id": str(message.id),
-                "pgqrs.message.read_ct": message.read_ct,
-            })
+        parent = _extract(message.headers, self.fields)
+        links = None
+        if parent is not _EMPTY:
+            produced = trace.get_current_span(parent).get_span_context()
+            if produced.is_valid:
+                if self.skip_unsampled and not produced.trace_flags.sampled:
+                    return NonRecordingSpan(produced)
+                links = [Link(produced)]
+        attributes: dict[str, Any] = dict(self.constant)
+        attributes["messaging.message.id"] = str(message.id)
+        attributes["pgqrs.message.read_ct"] = message.read_ct
+        return self.tracer.start_span(self.name, context=parent, kind=SpanKind.CONSUMER,
+                                      links=links, attributes=attributes)
 
     def around_handler(self, message: QueueMessage) -> _HandlerScope:
         return _HandlerScope(self, message)
@@ -127,12 +158,13 @@ class _Consume:
         span = self.open.pop((message.id, message.read_ct), None)
         if span is None:  # stopped before its handler started: still one span per delivery
             span = self.start(message)
-        span.set_attribute("pgqrs.outcome", str(event.outcome))
-        if event.delay is not None:
-            span.set_attribute("pgqrs.retry_delay", event.delay)
-        if event.outcome is Outcome.DEAD_LETTERED:
-            span.add_event("dead_lettered")
-        span.end()
+        if span.is_recording():  # an unsampled delivery's span records nothing: skip it all
+            span.set_attribute("pgqrs.outcome", str(event.outcome))
+            if event.delay is not None:
+                span.set_attribute("pgqrs.retry_delay", event.delay)
+            if event.outcome is Outcome.DEAD_LETTERED:
+                span.add_event("dead_lettered")
+            span.end()
         if self.user_settled is not None:
             return self.user_settled(event)
         return None
@@ -178,7 +210,7 @@ class _HandlerScope:
 
 def _failed(span: Span, exc: BaseException | None) -> None:
     """Record a handler's exception on its span (a cancellation is not a failure)."""
-    if isinstance(exc, Exception):
+    if isinstance(exc, Exception) and span.is_recording():
         span.record_exception(exc)
         span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
         span.set_attribute("error.type", type(exc).__qualname__)
@@ -232,7 +264,8 @@ class _Tracing:
         if not self.recording() or not (around_handler is None or callable(around_handler)) or not (
                 on_settled is None or callable(on_settled)):
             return around_handler, on_settled
-        run = _Consume(self.tracer, queue, around_handler, on_settled)
+        run = _Consume(self.tracer, queue, around_handler, on_settled,
+                       self.provider or trace.get_tracer_provider())
         return run.around_handler, run.on_settled
 
 

@@ -51,8 +51,9 @@ class QueueCollector:
     """A prometheus_client collector of pgqrs's queue state, read at scrape time.
 
     Every scrape runs one statement (see ``pgqrs.prometheus._query``) and exports, per
-    queue: ``pgqrs_messages_pending``, ``_leased``, ``_delayed``, ``_dead`` (by the queue's
-    own ``max_read_ct``) and ``_archived``, ``pgqrs_queue_oldest_pending_age_seconds``,
+    queue: ``pgqrs_messages_pending``, ``_leased``, ``_delayed``, ``_dead`` (the states of
+    ``Admin.queue_metrics`` and the dashboard: one definition, ``pgqrs.repositories._states``)
+    and ``_archived``, ``pgqrs_queue_oldest_pending_age_seconds``,
     ``pgqrs_queue_paused``; per queue and status:
     ``pgqrs_workers``, plus ``pgqrs_workers_stale``; and ``pgqrs_schema_info{revision}``,
     ``pgqrs_up`` and ``pgqrs_scrape_duration_seconds``.
@@ -208,12 +209,15 @@ def _families(scrape: Scrape | None) -> list[Metric]:
 
 
 _PER_QUEUE: tuple[tuple[str, str, Callable[[QueueState], float]], ...] = (
-    ("pgqrs_messages_pending", "Messages claimable now (visible, deliveries left).",
+    ("pgqrs_messages_pending",
+     "Messages claimable now (visible, not parked behind their group's head, deliveries "
+     "left).",
      lambda q: q.pending),
     ("pgqrs_messages_leased", "Messages held by a consumer under a running lease.",
      lambda q: q.leased),
     ("pgqrs_messages_delayed",
-     "Messages not visible yet and held by nobody (delayed enqueue, retry backoff).",
+     "Messages not visible yet and held by nobody (delayed enqueue, retry backoff, or "
+     "parked behind their group's head).",
      lambda q: q.delayed),
     ("pgqrs_messages_dead",
      "Dead letters still in the live queue (the queue's max_read_ct deliveries, lease "

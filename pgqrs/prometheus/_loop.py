@@ -1,8 +1,9 @@
-"""``ConsumeMetrics``: counters and histograms of the consume loop, fed by its outcome hook.
+"""``ConsumeMetrics``: counters and histograms of the consume loop, fed by its hooks.
 
-``Consumer.consume(handler, on_settled=metrics)`` calls the instance once per delivery,
-after the database recorded the outcome. Labels are the queue and the outcome only (both
-bounded sets), never anything per message.
+``Consumer.consume(handler, on_settled=metrics, on_claimed=metrics.claimed)`` calls the
+instance once per delivery, after the database recorded the outcome, and ``claimed`` once
+per non-empty claim. Labels are the queue and the outcome only (both bounded sets), never
+anything per message.
 
 The hook is on the loop's hot path, so it does not go through prometheus_client's metric
 objects (a counter and two histograms would take five locks per delivery, about 2 µs):
@@ -15,7 +16,7 @@ from __future__ import annotations
 import bisect
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -32,6 +33,8 @@ HANDLER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                 300.0, 900.0, 3600.0)
 """Buckets of ``pgqrs_enqueue_to_start_seconds``: from 5 ms to an hour of backlog."""
+CLAIM_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
+"""Buckets of ``pgqrs_claim_batch_size``: messages per claim, up to the largest batch."""
 
 
 class _Histogram:
@@ -63,13 +66,14 @@ class _Histogram:
 class _QueueSeries:
     """One queue's numbers in one registry, shared by the ``ConsumeMetrics`` that feed it."""
 
-    __slots__ = ("consumed", "duration", "lock", "wait")
+    __slots__ = ("claims", "consumed", "duration", "lock", "wait")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.consumed: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self.duration = _Histogram(HANDLER_BUCKETS)
         self.wait = _Histogram(WAIT_BUCKETS)
+        self.claims = _Histogram(CLAIM_BUCKETS)
 
 
 class _LoopCollector:
@@ -107,16 +111,22 @@ class _LoopCollector:
             "pgqrs_enqueue_to_start_seconds",
             "Seconds from enqueue to the claim that started the handler (database clock).",
             labels=["queue"])
+        claims = HistogramMetricFamily(
+            "pgqrs_claim_batch_size",
+            "Messages per claim of the consume loop (claims that found none are not counted).",
+            labels=["queue"])
         for queue, series in sorted(queues.items()):
             with series.lock:  # one consistent copy per queue
                 counts = dict(series.consumed)
                 durations = (series.duration.buckets(), series.duration.total)
                 waits = (series.wait.buckets(), series.wait.total)
+                sizes = (series.claims.buckets(), series.claims.total)
             for outcome, count in counts.items():
                 consumed.add_metric([queue, outcome], count)
             duration.add_metric([queue], durations[0], durations[1])
             wait.add_metric([queue], waits[0], waits[1])
-        return [consumed, duration, wait]
+            claims.add_metric([queue], sizes[0], sizes[1])
+        return [consumed, duration, wait, claims]
 
 
 _by_registry: weakref.WeakKeyDictionary[CollectorRegistry, _LoopCollector] = (
@@ -141,7 +151,9 @@ class ConsumeMetrics:
 
     Exports ``pgqrs_consumed_total{queue,outcome}`` (a counter per outcome: succeeded,
     retried, dead_lettered, released, abandoned), ``pgqrs_handler_duration_seconds{queue}``
-    and ``pgqrs_enqueue_to_start_seconds{queue}`` (histograms). Instances for the same or
+    and ``pgqrs_enqueue_to_start_seconds{queue}`` (histograms), fed by the instance as
+    ``on_settled``, and ``pgqrs_claim_batch_size{queue}`` (a histogram of messages per
+    claim), fed by its ``claimed`` method as ``on_claimed``. Instances for the same or
     other queues may share a registry (and threads): their numbers add up per queue.
 
     ``pgqrs_enqueue_to_start_seconds`` is measured from the message's ``enqueued_at`` to its
@@ -153,7 +165,7 @@ class ConsumeMetrics:
 
     Example:
         metrics = ConsumeMetrics("emails")
-        await consumer.consume(send_email, on_settled=metrics)
+        await consumer.consume(send_email, on_settled=metrics, on_claimed=metrics.claimed)
 
     Args:
         queue: the queue label (the consumer's queue).
@@ -193,3 +205,9 @@ class ConsumeMetrics:
                 series.duration.observe(duration)
             if wait is not None:
                 series.wait.observe(wait)
+
+    def claimed(self, messages: Sequence[object]) -> None:
+        """Record one claim's batch size (the ``on_claimed`` hook)."""
+        series = self._series
+        with series.lock:
+            series.claims.observe(len(messages))

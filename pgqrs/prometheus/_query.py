@@ -23,7 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from pgqrs.models import messages_table, queues_table
+from pgqrs.repositories import _states
 
 DEFAULT_EXACT_LIMIT = 100_000
 """Archived rows per queue counted exactly before the planner's estimate takes over."""
@@ -32,17 +36,13 @@ WORKER_STATUSES = ("ready", "suspended", "stopped")
 
 # The schema is a validated identifier (Settings), quoted again here; everything else is a
 # bound parameter. ``now()`` is the transaction's time: every age below uses the one clock.
-# "Dead" is judged by each queue's own max_read_ct (joined from its row), as everywhere else.
+# The per-state counts ({counts}) are ``pgqrs.repositories._states``'s, the very expressions
+# ``Admin.queue_metrics`` and the dashboard use, rendered once (see ``_COUNTS``): "dead" is
+# judged by each queue's own max_read_ct (joined from its row), and a message parked behind
+# its group's head is "delayed", as everywhere else.
 _SQL = """
 WITH live AS (
-    SELECT m.queue_id,
-           count(*) FILTER (WHERE m.vt <= now() AND m.read_ct < q.max_read_ct) AS pending,
-           count(*) FILTER (WHERE m.vt > now() AND m.consumer_worker_id IS NOT NULL)
-               AS leased,
-           count(*) FILTER (WHERE m.vt > now() AND m.consumer_worker_id IS NULL) AS delayed,
-           count(*) FILTER (WHERE m.vt <= now() AND m.read_ct >= q.max_read_ct) AS dead,
-           min(m.vt) FILTER (WHERE m.vt <= now() AND m.read_ct < q.max_read_ct)
-               AS oldest_pending
+    SELECT m.queue_id, {counts}
     FROM {s}.pgqrs_messages m
     JOIN {s}.pgqrs_queues q ON q.id = m.queue_id
     GROUP BY m.queue_id
@@ -106,17 +106,32 @@ ORDER BY q.queue_name
 """
 
 
+def _render_counts() -> str:
+    """The state counts of ``_states``, as SQL over the aliases ``m`` and ``q`` above."""
+    m, q = messages_table.alias("m"), queues_table.alias("q")
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    # The expressions have no bound values (now() and columns only): literal_binds is a
+    # guard that the rendering stays a plain SQL fragment.
+    return ",\n           ".join(
+        str(column.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+        + f" AS {column.name}" for column in _states.counts(m, q.c.max_read_ct))
+
+
+_COUNTS = _render_counts()
+
+
 @dataclass(frozen=True, slots=True)
 class QueueState:
     """One queue as a scrape saw it."""
 
     queue_name: str
     pending: int
-    """Claimable now (visible, deliveries left)."""
+    """Claimable now (visible, not parked behind its group's head, deliveries left)."""
     leased: int
     """Held by a consumer under a running lease."""
     delayed: int
-    """Not yet visible and held by nobody (delayed enqueue, retry backoff)."""
+    """Not yet visible and held by nobody (delayed enqueue, retry backoff, or parked
+    behind its group's head)."""
     dead: int
     """Delivered the queue's ``max_read_ct`` times, lease over: waiting for ``Admin.dlq()``."""
     archived: int
@@ -143,7 +158,7 @@ class Snapshot:
 
 def statement(schema: str, quote: Any) -> Any:
     """The scrape's statement for ``schema`` (``quote``: the dialect's identifier quoting)."""
-    return text(_SQL.format(s=quote(schema)))
+    return text(_SQL.format(s=quote(schema), counts=_COUNTS))
 
 
 async def read(conn: AsyncConnection, schema: str, *, stale_after: float,

@@ -27,7 +27,6 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
-    case,
     cast,
     delete,
     func,
@@ -39,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import Grouping
 
 from pgqrs.models import archive_table, messages_table, queues_table
-from pgqrs.repositories import _claim, _enqueue, _groups
+from pgqrs.repositories import _claim, _enqueue, _groups, _states
 from pgqrs.repositories._base import Executor, Statement
 from pgqrs.types import ArchivedMessage, QueueMessage
 
@@ -365,24 +364,15 @@ class MessageRepository(_enqueue.Enqueuing):
                       queue_id: int | None) -> dict[int, dict[str, Any]]:
         """Per-queue counts in one snapshot: total, pending, leased, delayed, dead.
 
-        "Dead" uses each queue's own ``max_read_ct`` (joined from its row); "delayed"
-        includes messages parked behind their group's head.
+        The states are ``pgqrs.repositories._states``'s, shared with the Prometheus
+        collector and the dashboard: "dead" uses each queue's own ``max_read_ct``
+        (joined from its row); "delayed" includes messages parked behind their group's
+        head.
         """
-        exhausted = _m.c.read_ct >= _q.c.max_read_ct
-        # A parked message waits for its group's head: "delayed", not "pending".
-        visible = and_(_m.c.vt <= _NOW, ~_m.c.parked)
-
-        def count_if(cond: Any) -> Any:
-            return func.count(case((cond, 1)))
-
         stmt = select(
             _m.c.queue_id,
             func.count().label("total"),
-            count_if(and_(visible, ~exhausted)).label("pending"),
-            count_if(and_(~visible, _m.c.consumer_worker_id.is_not(None))).label("leased"),
-            count_if(and_(~visible, _m.c.consumer_worker_id.is_(None))).label("delayed"),
-            count_if(and_(visible, exhausted)).label("dead"),
-            func.min(case((and_(visible, ~exhausted), _m.c.vt))).label("oldest_pending"),
+            *_states.counts(_m, _q.c.max_read_ct),
             func.max(_m.c.enqueued_at).label("newest"),
             _NOW.label("now"),
         ).select_from(_m.join(_q, _q.c.id == _m.c.queue_id)).group_by(_m.c.queue_id)

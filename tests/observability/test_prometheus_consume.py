@@ -1,4 +1,5 @@
-"""The consume loop's metrics (``ConsumeMetrics`` on ``on_settled``) against the database."""
+"""The consume loop's metrics (``ConsumeMetrics`` on ``on_settled``/``on_claimed``) against
+the database."""
 
 from __future__ import annotations
 
@@ -56,9 +57,16 @@ async def test_counters_after_a_run_with_failures_equal_the_archive(dsn: str) ->
         assert [_counted(samples, o) for o in OUTCOMES] == [0.0] * 5
 
         handler = Flaky()
+        claims: list[list[int]] = []
+
+        def claimed(messages: list[QueueMessage]) -> None:
+            claims.append([m.id for m in messages])
+            metrics.claimed(messages)
+
         async with Consumer(dsn, "work", "consumer", 1) as consumer:
-            await consumer.consume(handler, on_settled=metrics, batch_size=8, concurrency=4,
-                                   backoff_base=0, stop_when_idle=True)
+            await consumer.consume(handler, on_settled=metrics, on_claimed=claimed,
+                                   batch_size=8, concurrency=4, backoff_base=0,
+                                   stop_when_idle=True)
         samples, _ = await scrape(url)
     finally:
         server.shutdown()
@@ -89,6 +97,15 @@ async def test_counters_after_a_run_with_failures_equal_the_archive(dsn: str) ->
         assert value(samples, f"{histogram}_bucket", queue="work", le="+Inf") == (
             archive["deliveries"])
     assert 0 < value(samples, "pgqrs_handler_duration_seconds_sum", queue="work") < 60
+    # Every delivery came from exactly one claim; the histogram has one observation per
+    # claim, of its size, in the right buckets.
+    sizes = [len(c) for c in claims]
+    assert sum(sizes) == archive["deliveries"] and 0 not in sizes and max(sizes) <= 4
+    assert value(samples, "pgqrs_claim_batch_size_count", queue="work") == len(claims)
+    assert value(samples, "pgqrs_claim_batch_size_sum", queue="work") == sum(sizes)
+    for le in (1, 2, 5, 10, 1000):
+        assert value(samples, "pgqrs_claim_batch_size_bucket", queue="work",
+                     le=f"{float(le)}") == sum(1 for n in sizes if n <= le)
     # The queue state, scraped alongside: everything is in the archive now.
     assert value(samples, "pgqrs_messages_archived", queue="work") == 57
     assert value(samples, "pgqrs_messages_pending", queue="work") == 0
@@ -133,7 +150,7 @@ def test_consume_metrics_share_a_registry_and_validate_the_queue() -> None:
     assert repr(a) == "ConsumeMetrics(queue='a')" and b.queue == "b" and again.queue == "a"
     names = {m.name for m in registry.collect()}
     assert names == {"pgqrs_consumed", "pgqrs_handler_duration_seconds",
-                     "pgqrs_enqueue_to_start_seconds"}
+                     "pgqrs_enqueue_to_start_seconds", "pgqrs_claim_batch_size"}
     for bad in ("", "x" * 1000, 7):
         with pytest.raises(ValidationError):
             ConsumeMetrics(bad, registry=registry)  # type: ignore[arg-type]
@@ -174,3 +191,26 @@ def test_histograms_match_prometheus_clients_own() -> None:
     assert ours.get_sample_value("pgqrs_consumed_total",
                                  {"queue": "q", "outcome": "abandoned"}) == 1
     assert ours.get_sample_value("pgqrs_handler_duration_seconds_count", {"queue": "q"}) == 25
+
+
+async def test_on_claimed_may_be_async_its_errors_are_ignored_and_it_must_be_callable(
+        dsn: str) -> None:
+    async with Admin(dsn) as admin:
+        await admin.create_queue("work")
+    async with Producer(dsn, "work", "producer", 1) as producer:
+        await producer.enqueue_batch([{"n": n} for n in range(5)])
+    seen: list[int] = []
+
+    async def claimed(messages: list[QueueMessage]) -> None:
+        seen.extend(m.id for m in messages)
+        raise RuntimeError("a broken hook")  # logged; the loop carries on
+
+    async def handler(message: QueueMessage) -> None:
+        return None
+
+    async with Consumer(dsn, "work", "consumer", 1) as consumer:
+        with pytest.raises(ValidationError, match="on_claimed"):
+            await consumer.consume(handler, on_claimed=7)  # type: ignore[arg-type]
+        assert await consumer.consume(handler, on_claimed=claimed, batch_size=2,
+                                      stop_when_idle=True) == 5
+    assert len(seen) == len(set(seen)) == 5
