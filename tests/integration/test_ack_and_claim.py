@@ -198,3 +198,29 @@ async def test_the_consume_loop_sends_its_acks_with_its_claims(dsn: str, queue: 
     assert done == 30
     assert calls["fused"] >= 28 and calls["alone"] <= 2, calls
     assert await archived(dsn) == [(i, 1) for i in ids]
+
+
+async def test_a_suspended_loop_still_archives_what_its_handlers_finished(
+        dsn: str, queue: str) -> None:
+    async with Producer(dsn, queue, "p", 1) as producer:
+        (mid,) = await producer.enqueue_batch([{"n": 1}])
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def handler(message: QueueMessage) -> None:
+        started.set()
+        await release.wait()
+
+    async with Consumer(dsn, queue, "c", 2, poll_interval=0.05) as consumer:
+        stop = asyncio.Event()
+        loop = asyncio.create_task(consumer.consume(handler, stop=stop))
+        await asyncio.wait_for(started.wait(), 5)
+        await consumer.suspend()  # the loop's claims are refused from now on
+        release.set()
+        async with asyncio.timeout(5):  # archived while suspended, not at the resume
+            while await archived(dsn) != [(mid, 1)]:
+                await asyncio.sleep(0.02)
+        assert not loop.done()
+        await consumer.resume()
+        stop.set()
+        assert await asyncio.wait_for(loop, 10) == 1
