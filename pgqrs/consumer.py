@@ -1,8 +1,9 @@
 """Consumer: claims messages under a lease and acknowledges them.
 
-Over 400 lines: the class is one public surface (claims, acknowledgements, the
-worker loop and the original binding's names), and ``consume()``'s docstring is the
-reference of the loop's behaviour; the loop itself lives in ``pgqrs._consume``.
+Over 400 lines: the class is one public surface (claims, acknowledgements, the fused
+acknowledge-and-claim, the worker loop and the original binding's names), and
+``consume()``'s docstring is the reference of the loop's behaviour; the loop itself lives
+in ``pgqrs._consume``.
 """
 
 from __future__ import annotations
@@ -243,8 +244,7 @@ class Consumer(WorkerClient):
             subscription = await self._subscribe(queue_id) if wait > 0 else None
             try:
                 async with self._db.statement() as conn:
-                    if plain:
-                        assert acks is not None
+                    if acks is not None and plain:
                         acked, messages = await self._messages.ack_and_dequeue(
                             conn, queue_id=queue_id, worker_id=worker_id,
                             ids=[i for i, _ in plain], read_cts=[r.read_ct for _, r in plain],
