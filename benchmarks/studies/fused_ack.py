@@ -59,7 +59,7 @@ async def _fused(consumer: Consumer, batch: int) -> int:
     handled = 0
     done: list[QueueMessage] = []
     while True:
-        acked, claimed = await consumer.archive_and_dequeue(done, batch)  # type: ignore[attr-defined]
+        acked, claimed = await consumer.archive_and_dequeue(done, batch)
         handled += sum(acked)
         if not claimed:
             return handled
