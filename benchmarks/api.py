@@ -115,6 +115,13 @@ class LoopConsumer:
     async def archive_batch(self, message_ids: Sequence[int]) -> list[bool]:
         raise NotImplementedError
 
+    async def archive_and_dequeue(self, message_ids: Sequence[int],
+                                  limit: int) -> Sequence[Message]:
+        """Acknowledge a handled batch and claim the next: two statements here; a client
+        with a fused statement (the same-SQL floor) overrides it with one."""
+        await self.archive_batch(message_ids)
+        return await self.dequeue(limit)
+
     async def consume(self, handler: Handler, *, batch_size: int, concurrency: int = 1,
                       poll_interval: float = 1.0, stop: asyncio.Event | None = None,
                       stop_when_idle: bool = False) -> int:
@@ -125,9 +132,12 @@ class LoopConsumer:
         turn, which is the cheapest way to run a no-op handler).
         """
         handled = 0
+        done: list[int] = []
         while stop is None or not stop.is_set():
             self._wake.clear()
-            batch = await self.dequeue(batch_size)
+            batch = (await self.archive_and_dequeue(done, batch_size) if done
+                     else await self.dequeue(batch_size))
+            done = []
             if not batch:
                 if stop_when_idle:
                     break
@@ -137,6 +147,8 @@ class LoopConsumer:
                 continue
             for message in batch:
                 await handler(message)
-            await self.archive_batch([m.id for m in batch])
+            done = [m.id for m in batch]
             handled += len(batch)
+        if done:  # stopped with a handled batch not yet acknowledged
+            await self.archive_batch(done)
         return handled

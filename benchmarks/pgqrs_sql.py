@@ -111,3 +111,10 @@ def archive() -> Compiled:
     """Move ``p_ids`` held by ``p_worker_id`` into the archive; returns
     ``original_msg_id``s."""
     return compiled("_ARCHIVE")
+
+
+def archive_and_claim() -> Compiled:
+    """Archive ``p_ids`` (deliveries ``p_read_cts``) held by ``p_worker_id`` and claim up to
+    ``p_limit``, in one statement (what ``Consumer.consume`` sends once handlers finish);
+    returns the ``acked`` ids next to each claimed row (``id`` NULL: nothing claimed)."""
+    return compiled("_ARCHIVE_AND_DEQUEUE")

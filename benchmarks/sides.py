@@ -142,14 +142,19 @@ class FloorProducer:
 
 
 class FloorConsumer(LoopConsumer):
-    """The claim and the archive move as prepared statements; a minimal worker loop."""
+    """The claim and the archive move as prepared statements; a minimal worker loop.
+
+    Its worker loop archives a handled batch and claims the next in pgqrs's fused
+    statement, as ``Consumer.consume`` does (``archive_and_claim``).
+    """
 
     def __init__(self, conn: asyncpg.Connection, queue_id: int, worker_id: int,
                  dequeue: asyncpg.prepared_stmt.PreparedStatement,
-                 archive: asyncpg.prepared_stmt.PreparedStatement, *, listening: bool) -> None:
+                 archive: asyncpg.prepared_stmt.PreparedStatement, *, listening: bool,
+                 fused: asyncpg.prepared_stmt.PreparedStatement | None = None) -> None:
         super().__init__()
         self.conn, self.queue_id, self.worker_id = conn, queue_id, worker_id
-        self._dequeue, self._archive = dequeue, archive
+        self._dequeue, self._archive, self._fused = dequeue, archive, fused
         self.listening = listening
         self._claim_args = pgqrs_sql.claim().binder(
             "p_limit", p_queue_id=queue_id, p_max_read_ct=_MAX_READ_CT, p_worker_id=worker_id,
@@ -166,12 +171,27 @@ class FloorConsumer(LoopConsumer):
             return out
 
         self._archive_args = archive_args
+        fused_sql = pgqrs_sql.archive_and_claim()
+        fused_template = fused_sql.args(
+            p_queue_id=queue_id, p_worker_id=worker_id, p_lease=_LEASE, p_ids=[],
+            p_read_cts=[], p_limit=0)
+        at_ids, at_cts, at_limit = (fused_sql.names.index(n)
+                                    for n in ("p_ids", "p_read_cts", "p_limit"))
+
+        def fused_args(ids: list[int], limit: int) -> list[Any]:
+            out = fused_template.copy()
+            out[at_ids], out[at_limit] = ids, limit
+            out[at_cts] = [self._read_cts.pop(i, 0) for i in ids]
+            return out
+
+        self._fused_args = fused_args
 
     @classmethod
     async def open(cls, dsn: str, index: int, *, listen: bool) -> FloorConsumer:
         conn, queue_id, worker_id = await _register(dsn, "floor-consumer", index)
         self = cls(conn, queue_id, worker_id, await conn.prepare(pgqrs_sql.claim().sql),
-                   await conn.prepare(pgqrs_sql.archive().sql), listening=listen)
+                   await conn.prepare(pgqrs_sql.archive().sql), listening=listen,
+                   fused=await conn.prepare(pgqrs_sql.archive_and_claim().sql))
         if listen:
             await conn.add_listener(NOTIFY_CHANNEL, self.wake)
         return self
@@ -185,6 +205,15 @@ class FloorConsumer(LoopConsumer):
         ids = list(message_ids)
         done = {r["original_msg_id"] for r in await self._archive.fetch(*self._archive_args(ids))}
         return [i in done for i in ids]
+
+    async def archive_and_dequeue(self, message_ids: Sequence[int],
+                                  limit: int) -> list[FloorMessage]:
+        """Archive ``message_ids`` and claim up to ``limit``, in one statement."""
+        assert self._fused is not None
+        rows = await self._fused.fetch(*self._fused_args(list(message_ids), limit))
+        claimed = [r for r in rows if r["id"] is not None]
+        self._read_cts.update((r["id"], r["read_ct"]) for r in claimed)
+        return [FloorMessage(r["id"], r["read_ct"], json.loads(r["payload"])) for r in claimed]
 
     async def close(self) -> None:
         await self.conn.close()

@@ -61,6 +61,13 @@ class MessageSource(Protocol):
         ``lease`` None gives each message the queue's visibility timeout.
         """
 
+    async def claim_after(self, done: Sequence[QueueMessage], limit: int,
+                          lease: float | None) -> tuple[list[bool], list[QueueMessage]]:
+        """Archive held deliveries and claim up to ``limit`` messages, in one statement.
+
+        One bool per entry of ``done`` (False: not held any more); never waits.
+        """
+
     async def seconds_until_due(self) -> float | None:
         """Seconds until a delayed or leased message becomes claimable; None if none."""
 
@@ -104,8 +111,18 @@ class _Round(NamedTuple):
     """``stop_when_idle`` only: nothing is left that could still reach this consumer."""
 
 
+ClaimAfter = Callable[[list[QueueMessage]], Awaitable[tuple[list[bool], list[QueueMessage]]]]
+"""Archive the given deliveries and claim, in one statement (``MessageSource.claim_after``)."""
+
+
 class AckBatcher:
-    """Queues successful deliveries and archives them in one statement per flush."""
+    """Queues successful deliveries and archives them in one statement per flush.
+
+    When the loop is about to claim anyway, the queued acks ride on that claim
+    (``claim_after``): one statement and one commit for both. They are flushed on their
+    own only when no claim follows (stopping, going idle, a full batch while handlers
+    still run, a suspended worker).
+    """
 
     def __init__(self, archive: Callable[[list[QueueMessage]], Awaitable[list[bool]]],
                  settle: Callable[[list[_Delivery], Outcome], Awaitable[None]]) -> None:
@@ -141,6 +158,26 @@ class AckBatcher:
         except errors.StateError:
             await self.abandon(batch)
             raise
+        await self._settled(batch, done)
+
+    async def claim_after(self, claim: ClaimAfter) -> list[QueueMessage]:
+        """Archive what is queued and claim, in one statement; return what was claimed.
+
+        On any error nothing was archived (the statement is atomic, and a refusal comes
+        before it): the deliveries stay queued, and the error propagates to the loop,
+        which handles it as a failed claim.
+        """
+        batch, self._pending = self._pending, []
+        try:
+            done, claimed = await claim([d.message for d in batch])
+        except BaseException:
+            self._pending[:0] = batch
+            raise
+        await self._settled(batch, done)
+        return claimed
+
+    async def _settled(self, batch: list[_Delivery], done: list[bool]) -> None:
+        """Settle each of ``batch`` as succeeded, or abandoned if its ack was refused."""
         if all(done):
             await self._settle(batch, Outcome.SUCCEEDED)
             return
@@ -220,9 +257,10 @@ class ConsumeLoop:
         while not self.stop.is_set():
             capacity = self.concurrency - len(self.in_flight)
             if capacity <= 0:
+                # The acks of the handlers that finish ride on the next claim (or are
+                # flushed by stopping).
                 await asyncio.wait([stopping, *self.in_flight],
                                    return_when=asyncio.FIRST_COMPLETED)
-                await self.acks.flush()
                 continue
             try:
                 claimed = await self._next_round(min(self.batch_size, capacity))
@@ -231,6 +269,8 @@ class ConsumeLoop:
                 # Suspended from outside: pause until resumed; stopped or replaced: end.
                 if not await self._paused():
                     return
+                # A suspended worker may still archive what it finished.
+                await self.acks.flush()
                 continue
             except errors.DatabaseError as exc:
                 # The database is away (restart, failover): keep the loop alive and retry.
@@ -256,7 +296,11 @@ class ConsumeLoop:
         source, lease = self.source, self.source.visibility_timeout
         wait = IDLE_WAIT
         if self.in_flight or self.acks or self.stop_when_idle:
-            batch = await source.claim(limit, lease, 0)
+            if self.acks:
+                batch = await self.acks.claim_after(
+                    lambda done: source.claim_after(done, limit, lease))
+            else:
+                batch = await source.claim(limit, lease, 0)
             if batch:
                 return _Round(batch)
             while True:

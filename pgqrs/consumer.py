@@ -1,8 +1,9 @@
 """Consumer: claims messages under a lease and acknowledges them.
 
-Over 400 lines: the class is one public surface (claims, acknowledgements, the
-worker loop and the original binding's names), and ``consume()``'s docstring is the
-reference of the loop's behaviour; the loop itself lives in ``pgqrs._consume``.
+Over 400 lines: the class is one public surface (claims, acknowledgements, the fused
+acknowledge-and-claim, the worker loop and the original binding's names), and
+``consume()``'s docstring is the reference of the loop's behaviour; the loop itself lives
+in ``pgqrs._consume``.
 """
 
 from __future__ import annotations
@@ -149,11 +150,93 @@ class Consumer(WorkerClient):
             raise errors.QueueNotFoundError(self.queue_name)
         return policy
 
+    async def archive_and_dequeue(
+            self, done: Sequence[int | QueueMessage] | int | QueueMessage, limit: int = 1, *,
+            visibility_timeout: float | None = None,
+            wait: float | None = None) -> tuple[list[bool], list[QueueMessage]]:
+        """Archive the messages you finished and claim the next ones, in one round trip.
+
+        What ``archive_batch(done)`` then ``dequeue(limit, ...)`` do, in one statement
+        and one commit: a consumer handling one message at a time needs one round trip
+        per message, not two. Each acknowledgement is fenced as in ``archive``: pass the
+        ``QueueMessage`` (or its id: this consumer's delivery of it); a delivery it no
+        longer holds (its lease ran out and it was delivered again) is refused, False.
+        The claim never returns one of ``done``, even a refused one. Messages of ordered
+        groups are archived in a statement of their own first (it hands their groups
+        over, so a group's next message can be claimed by the same call).
+
+        Example:
+            acked, messages = await consumer.archive_and_dequeue([], limit=1)
+            while messages:
+                await handle(messages[0].payload)
+                acked, messages = await consumer.archive_and_dequeue(messages, limit=1)
+
+        Args:
+            done: the deliveries to archive (``QueueMessage`` objects or ids, or one).
+            limit: most messages to claim.
+            visibility_timeout: lease in seconds of the claimed messages (default: the
+                consumer's, else the queue's).
+            wait: if nothing can be claimed, block up to this many seconds for a message
+                (as ``dequeue(wait=...)``); the acknowledgements are committed first.
+
+        Returns:
+            ``(acked, messages)``: one bool per entry of ``done``, in order (True:
+            archived), and the claimed messages, as ``dequeue`` returns them.
+
+        Raises:
+            ValidationError: ``done``, ``limit``, ``visibility_timeout`` or ``wait`` is
+                invalid.
+            StateError: the consumer is suspended or stopped; nothing is archived either
+                (use ``archive_batch``, which a suspended consumer may still call).
+        """
+        return await self._ack_and_dequeue(done, limit, visibility_timeout, wait,
+                                           action="archive")
+
+    async def delete_and_dequeue(
+            self, done: Sequence[int | QueueMessage] | int | QueueMessage, limit: int = 1, *,
+            visibility_timeout: float | None = None,
+            wait: float | None = None) -> tuple[list[bool], list[QueueMessage]]:
+        """Delete the messages you finished and claim the next ones, in one round trip.
+
+        ``archive_and_dequeue``, deleting instead of archiving (``delete_batch`` then
+        ``dequeue``); the same fence, arguments, result and errors.
+        """
+        return await self._ack_and_dequeue(done, limit, visibility_timeout, wait,
+                                           action="delete")
+
+    async def _ack_and_dequeue(self, done: object, limit: int, visibility_timeout: float | None,
+                               wait: float | None, *,
+                               action: str) -> tuple[list[bool], list[QueueMessage]]:
+        items = _validation.deliveries(done)
+        limit = _validation.positive_int("limit", limit)
+        lease = (self.visibility_timeout if visibility_timeout is None else
+                 _validation.seconds("visibility_timeout", visibility_timeout,
+                                     allow_zero=False))
+        patience = _validation.seconds("wait", wait) if wait is not None else 0.0
+        acks = _Acks([self._deliveries.named(m) for m in items], delete=action == "delete")
+        messages = await self._claim(limit, lease, patience, acks=acks)
+        return acks.results(), messages
+
     async def _claim(self, limit: int, lease: float | None, wait: float,
-                     stop: asyncio.Event | None = None,
-                     poll: float | None = None) -> list[QueueMessage]:
-        """Claim now; if nothing is there and ``wait`` > 0, wait for a wake-up and retry."""
+                     stop: asyncio.Event | None = None, poll: float | None = None, *,
+                     acks: _Acks | None = None) -> list[QueueMessage]:
+        """Claim now; if nothing is there and ``wait`` > 0, wait for a wake-up and retry.
+
+        With ``acks``, its deliveries are acknowledged by the first claim, in the same
+        statement (grouped ones in one of their own just before); ``acks.done`` then
+        holds the acknowledged ids.
+        """
         worker_id, queue_id = await self._ids("dequeue", *_READY_ONLY)
+        if acks is not None and acks.grouped:
+            # They hand their groups over: a statement of their own, before the claim,
+            # so that a group's next message can be claimed right away.
+            async with self._db.statement() as conn:
+                acks.done |= await self._messages.leave(
+                    conn, worker_id=worker_id, ids=[i for i, _ in acks.grouped],
+                    read_cts=[r.read_ct for _, r in acks.grouped],
+                    action="delete" if acks.delete else "archive")
+            self._deliveries.forget(acks.grouped)
+        plain = acks.plain if acks is not None else []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:
@@ -161,10 +244,20 @@ class Consumer(WorkerClient):
             subscription = await self._subscribe(queue_id) if wait > 0 else None
             try:
                 async with self._db.statement() as conn:
-                    messages = await self._messages.dequeue(
-                        conn, queue_id=queue_id, worker_id=worker_id, limit=limit,
-                        lease=lease,
-                    )
+                    if acks is not None and plain:
+                        acked, messages = await self._messages.ack_and_dequeue(
+                            conn, queue_id=queue_id, worker_id=worker_id,
+                            ids=[i for i, _ in plain], read_cts=[r.read_ct for _, r in plain],
+                            limit=limit, lease=lease, delete=acks.delete)
+                        acks.done |= acked
+                        # Settled or lost (delivered again): either way it is over.
+                        self._deliveries.forget(plain)
+                        plain = []
+                    else:
+                        messages = await self._messages.dequeue(
+                            conn, queue_id=queue_id, worker_id=worker_id, limit=limit,
+                            lease=lease,
+                        )
                 self._deliveries.record(messages)
                 remaining = deadline - loop.time()
                 if (messages or subscription is None or remaining <= 0
@@ -374,7 +467,10 @@ class Consumer(WorkerClient):
     ) -> int:
         """Run ``handler`` on every message until stopped; return how many succeeded.
 
-        Success archives the message (acks are batched). An exception releases it with
+        Success archives the message: acks are batched, and ride on the loop's next
+        claim (``archive_and_dequeue``: one statement for both), or are written on their
+        own when no claim follows (stopping, going idle, a full batch of them while
+        handlers still run). An exception releases it with
         exponential backoff (``retry_backoff_base * 2**(read_ct-1)``, capped at
         ``retry_backoff_max``); on the last delivery the queue allows (its ``max_read_ct``)
         it goes to the archive as a dead letter instead. Both rules are the queue's,
@@ -461,6 +557,25 @@ class Consumer(WorkerClient):
             await runner
 
 
+class _Acks:
+    """The deliveries one fused ack-and-claim acknowledges, and what it acknowledged."""
+
+    __slots__ = ("delete", "done", "grouped", "named", "plain")
+
+    def __init__(self, named: list[tuple[int, _deliveries.Receipt] | None], *,
+                 delete: bool) -> None:
+        self.named = named
+        self.delete = delete
+        known = [r for r in named if r is not None]
+        self.grouped = [r for r in known if r[1].grouped]
+        self.plain = [r for r in known if not r[1].grouped]
+        self.done: set[int] = set()
+
+    def results(self) -> list[bool]:
+        """One bool per named delivery, in order: acknowledged or not."""
+        return [r is not None and r[0] in self.done for r in self.named]
+
+
 class _LoopSource:
     """The Consumer as its consume loop sees it (``_consume.MessageSource``)."""
 
@@ -480,6 +595,11 @@ class _LoopSource:
                     stop: asyncio.Event | None = None,
                     poll: float | None = None) -> list[QueueMessage]:
         return await self._consumer._claim(limit, lease, wait, stop, poll)
+
+    async def claim_after(self, done: Sequence[QueueMessage], limit: int,
+                          lease: float | None) -> tuple[list[bool], list[QueueMessage]]:
+        # The public method, looked up on each call (as archive_batch below).
+        return await self._consumer.archive_and_dequeue(done, limit, visibility_timeout=lease)
 
     async def seconds_until_due(self) -> float | None:
         return await self._consumer._seconds_until_due()

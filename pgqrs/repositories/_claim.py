@@ -66,38 +66,49 @@ _claim_levels = _levels(
     select(_w.c.id).where(_w.c.id == _WORKER, _w.c.status == WorkerStatus.READY).exists(),
 )
 _LIMIT = bindparam("p_limit", type_=Integer)
-_picked = (
-    select(_m.c.id)
-    .where(_open, _m.c.priority == _claim_levels.c.p, _m.c.vt <= _NOW,
-           _m.c.read_ct < _MAX_READ_CT)
-    .order_by(_m.c.vt, _m.c.id)
-    .limit(_LIMIT)
-    .with_for_update(skip_locked=True)
-    .lateral("picked")
-)
-_claimable = (select(_picked.c.id).select_from(_claim_levels.join(_picked, true()))
-              .limit(_LIMIT).cte("claim"))
-# A NULL p_lease means "the queue's visibility_timeout" (another one-time lookup). The
-# policy is not returned with the rows: that cost ~10% per claim, and the consume loop
-# needs it only when a handler fails (QueueRepository.policy, or retry_or_dead_letter()).
-# The claimed rows are updated through the primary key (id = ANY(array)), never through a
-# join the planner might turn into a scan of the table; with nothing claimed (a paused
-# queue) a one-time filter skips even that.
-DEQUEUE = Statement(
-    update(_m)
-    .where(_m.c.id == any_(func.array(select(_claimable.c.id).scalar_subquery())),
-           select(_claimable.c.id).exists())
-    .values(
-        vt=_NOW + func.coalesce(
-            bindparam("p_lease", type_=Interval),
-            select(_q.c.visibility_timeout).where(_queue_row).scalar_subquery(),
-        ),
-        read_ct=_m.c.read_ct + 1,
-        dequeued_at=_NOW,
-        consumer_worker_id=_WORKER,
+
+
+def claiming(*excluded: ColumnElement[bool]) -> Any:
+    """The claim's ``UPDATE ... RETURNING``, its candidates also filtered by ``excluded``.
+
+    ``excluded`` lets a statement that removes rows in another of its CTEs keep the claim
+    off them: one statement must not both delete and update a row (see ``_acks``).
+    """
+    picked = (
+        select(_m.c.id)
+        .where(_open, _m.c.priority == _claim_levels.c.p, _m.c.vt <= _NOW,
+               _m.c.read_ct < _MAX_READ_CT, *excluded)
+        .order_by(_m.c.vt, _m.c.id)
+        .limit(_LIMIT)
+        .with_for_update(skip_locked=True)
+        .lateral("picked")
     )
-    .returning(*_m.c)
-)
+    claimable = (select(picked.c.id).select_from(_claim_levels.join(picked, true()))
+                 .limit(_LIMIT).cte("claim"))
+    # A NULL p_lease means "the queue's visibility_timeout" (another one-time lookup). The
+    # policy is not returned with the rows: that cost ~10% per claim, and the consume loop
+    # needs it only when a handler fails (QueueRepository.policy, or
+    # retry_or_dead_letter()). The claimed rows are updated through the primary key
+    # (id = ANY(array)), never through a join the planner might turn into a scan of the
+    # table; with nothing claimed (a paused queue) a one-time filter skips even that.
+    return (
+        update(_m)
+        .where(_m.c.id == any_(func.array(select(claimable.c.id).scalar_subquery())),
+               select(claimable.c.id).exists())
+        .values(
+            vt=_NOW + func.coalesce(
+                bindparam("p_lease", type_=Interval),
+                select(_q.c.visibility_timeout).where(_queue_row).scalar_subquery(),
+            ),
+            read_ct=_m.c.read_ct + 1,
+            dequeued_at=_NOW,
+            consumer_worker_id=_WORKER,
+        )
+        .returning(*_m.c)
+    )
+
+
+DEQUEUE = Statement(claiming())
 
 # Per priority level, the first claimable row in vt order (one probe each, walking only
 # exhausted rows): the earliest of them is when the next claim can succeed. Not only

@@ -1,7 +1,8 @@
 """Statements on ``pgqrs_messages``: acks fenced per delivery, releases, reads, counts.
 
-Enqueues live in ``_enqueue``, the claim in ``_claim``, and what ordered groups add to
-removals in ``_groups``; ``MessageRepository`` runs them all.
+Enqueues live in ``_enqueue``, the claim in ``_claim``, the ack fence and the fused
+ack-and-claim in ``_acks``, and what ordered groups add to removals in ``_groups``;
+``MessageRepository`` runs them all.
 
 Every statement is built once at import; the schema map is applied per execution, so
 SQLAlchemy's compiled cache serves them all after first use. The hot-path ones are
@@ -20,7 +21,6 @@ from typing import Any
 from sqlalchemy import (
     ARRAY,
     BigInteger,
-    ColumnElement,
     Integer,
     Interval,
     Text,
@@ -30,15 +30,12 @@ from sqlalchemy import (
     cast,
     delete,
     func,
-    insert,
-    literal_column,
     select,
     update,
 )
-from sqlalchemy.sql.elements import Grouping
 
 from pgqrs.models import archive_table, messages_table, queues_table
-from pgqrs.repositories import _claim, _enqueue, _groups, _states
+from pgqrs.repositories import _acks, _claim, _enqueue, _groups, _states
 from pgqrs.repositories._base import Executor, Statement
 from pgqrs.types import ArchivedMessage, QueueMessage
 
@@ -78,15 +75,12 @@ _DEQUEUE = _claim.DEQUEUE
 _NEXT_DUE = _claim.NEXT_DUE
 
 
-# The fence: the worker holds the message AND it is the delivery the caller names (the
-# read_ct it was claimed at; a redelivery increments it). p_read_cts runs parallel to
-# p_ids.
-_READ_CTS = bindparam("p_read_cts", type_=ARRAY(Integer))
-_HELD = and_(_m.c.id == any_(_IDS), _m.c.consumer_worker_id == _WORKER,
-             _m.c.read_ct == Grouping(_READ_CTS)[func.array_position(_IDS, _m.c.id)])
-# Ungrouped messages leave in one statement; a grouped one must hand over to the next of
-# its group (see _groups), so these statements leave grouped rows alone.
-_UNGROUPED = and_(_HELD, _m.c.group_key.is_(None))
+# The fence and the archive move live in _acks, with the fused ack-and-claim statements.
+_READ_CTS = _acks.READ_CTS
+_HELD = _acks.HELD
+_UNGROUPED = _acks.UNGROUPED
+_ARCHIVE_AND_DEQUEUE = _acks.ARCHIVE_AND_DEQUEUE
+_DELETE_AND_DEQUEUE = _acks.DELETE_AND_DEQUEUE
 
 _DELETE = Statement(delete(_m).where(_UNGROUPED).returning(_m.c.id))
 _EXTEND = Statement(
@@ -111,21 +105,8 @@ _RELEASE_WORKER = Statement(notifying(
 ))
 
 
-def _archive_statement(where: ColumnElement[bool], *, dead: bool) -> Any:
-    """One statement that moves the matching (ungrouped) live rows into the archive."""
-    moved = delete(_m).where(where).returning(*_m.c).cte("moved")
-    rows = select(
-        moved.c.id, moved.c.queue_id, moved.c.payload, moved.c.enqueued_at, moved.c.vt,
-        moved.c.read_ct, moved.c.dequeued_at, moved.c.producer_worker_id,
-        moved.c.consumer_worker_id, moved.c.priority, moved.c.dedup_key, moved.c.group_key,
-        moved.c.headers, literal_column("true" if dead else "false"),
-    )
-    return (insert(_a).from_select(list(_groups.ARCHIVE_COLUMNS), rows)
-            .returning(_a.c.original_msg_id))
-
-
-_ARCHIVE = Statement(_archive_statement(_UNGROUPED, dead=False))
-_ARCHIVE_DEAD = Statement(_archive_statement(_UNGROUPED, dead=True))
+_ARCHIVE = Statement(_acks.archive_statement(_UNGROUPED, dead=False))
+_ARCHIVE_DEAD = Statement(_acks.archive_statement(_UNGROUPED, dead=True))
 
 # Removals that may touch grouped rows, which hand their groups over (see _groups).
 _HEAL = Statement(_groups.heal(bindparam("p_heal_queue", type_=BigInteger)))
@@ -200,6 +181,28 @@ class MessageRepository(_enqueue.Enqueuing):
             "p_lease": None if lease is None else timedelta(seconds=lease),
         })
         return sorted((to_message(r) for r in rows), key=lambda m: (-m.priority, m.id))
+
+    async def ack_and_dequeue(
+            self, executor: Executor, *, queue_id: int, worker_id: int, ids: Sequence[int],
+            read_cts: Sequence[int], limit: int, lease: float | None = None,
+            delete: bool = False) -> tuple[set[int], builtins.list[QueueMessage]]:
+        """Archive (or ``delete``) held ungrouped deliveries and claim, in one statement.
+
+        The acks are fenced as in ``archive`` (``read_cts`` parallel to ``ids``; grouped
+        messages are left alone: send them through ``leave`` first); the claim is
+        ``dequeue``'s and never returns one of ``ids``. Returns the acknowledged ids and
+        the claimed messages.
+        """
+        rows = await self._rows(executor, _DELETE_AND_DEQUEUE if delete else
+                                _ARCHIVE_AND_DEQUEUE, {
+            "p_ids": list(ids), "p_read_cts": _cts(ids, read_cts),
+            "p_queue_id": queue_id, "p_worker_id": worker_id, "p_limit": limit,
+            "p_lease": None if lease is None else timedelta(seconds=lease),
+        })
+        acked = rows[0]["acked"] if rows else None
+        claimed = sorted((to_message(r) for r in rows if r["id"] is not None),
+                         key=lambda m: (-m.priority, m.id))
+        return set(acked or ()), claimed
 
     async def seconds_until_due(self, executor: Executor, *, queue_id: int) -> float | None:
         """Seconds until the next message (delayed, leased or visible: 0) is claimable.

@@ -163,3 +163,29 @@ async def test_handing_a_group_over_reads_one_index_entry(dsn: str, queue: str) 
     assert all(n["Node Type"] != "Seq Scan" for n in scans), json.dumps(plan, indent=1)
     assert sum(n.get("Rows Removed by Filter", 0) for n in scans) <= 1
     assert buffers(plan) < 30, json.dumps(plan, indent=1)
+
+
+async def test_the_fused_ack_and_claim_uses_the_primary_key_and_the_claim_index(
+        dsn: str, worker: int) -> None:
+    # 50k visible messages and 100k leased to this worker; it acknowledges 10 of them.
+    await fill(dsn,
+               f"INSERT INTO pgqrs_messages (queue_id, payload, vt, read_ct, "
+               f"consumer_worker_id) SELECT 1, '{{}}', now() + interval '5 min', 1, {worker} "
+               f"FROM generate_series(1, {ROWS})",
+               "INSERT INTO pgqrs_messages (queue_id, payload, vt) SELECT 1, '{}', "
+               "now() - interval '1 min' FROM generate_series(1, 50000)")
+    acked = list(range(1000, 1010))
+    for statement in (messages._ARCHIVE_AND_DEQUEUE, messages._DELETE_AND_DEQUEUE):
+        plan = await explain(dsn, statement, p_queue_id=1, p_worker_id=worker, p_limit=10,
+                             p_lease=timedelta(seconds=30), p_ids=acked,
+                             p_read_cts=[1] * len(acked))
+        scans = message_scans(plan)
+        assert all(n["Node Type"] != "Seq Scan" for n in scans), json.dumps(plan, indent=1)
+        used = {n.get("Index Name") for n in scans}
+        assert {"pk_pgqrs_messages", "ix_pgqrs_messages_claim"} <= used, used
+        # One row: the acknowledged ids, next to each claimed row.
+        assert plan["Plan"]["Actual Rows"] == 10, json.dumps(plan, indent=1)
+        removed = sum(n.get("Rows Removed by Filter", 0) * n.get("Actual Loops", 1)
+                      for n in scans)
+        assert removed <= 5, json.dumps(plan, indent=1)
+        assert buffers(plan) < 200, json.dumps(plan, indent=1)

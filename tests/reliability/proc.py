@@ -13,6 +13,9 @@ recorded survives a SIGKILL. Modes:
 * ``crashy``: a consumer loop that SIGKILLs itself at ``crash_point`` (``after_dequeue``,
   ``in_handler``, ``in_archive``) with probability ``crash_p`` per opportunity, or (no
   point) ``consume()`` for the test to SIGKILL from outside.
+* ``fused``: an ``archive_and_dequeue`` loop (each call archives the previous batch and
+  claims the next) that SIGKILLs itself at a random instant of that round trip with
+  probability ``crash_p`` per call.
 * ``blocked_archive``: claim ``limit`` messages, print ``ARCHIVING`` and archive them (the
   test holds a lock that blocks the statement and kills the process meanwhile).
 
@@ -188,6 +191,37 @@ async def crashy(cfg: dict[str, Any], rec: Recorder) -> None:
     print("DONE", flush=True)
 
 
+async def fused(cfg: dict[str, Any], rec: Recorder) -> None:
+    """Archive the previous batch and claim the next in one call, until SIGTERM; with
+    probability ``crash_p`` per call, SIGKILL ourselves while it is on its way."""
+    rng = random.Random(cfg["seed"])
+    stop = _stop_event()
+    async with Consumer(cfg["dsn"], cfg["queue"], cfg["host"], cfg["port"],
+                        visibility_timeout=cfg["vt"], heartbeat_interval=0.5) as consumer:
+        worker = await consumer.register()
+        print("READY", flush=True)
+        done: list[QueueMessage] = []
+        while not stop.is_set():
+            if done and rng.random() < cfg["crash_p"]:
+                # Before it is sent, while the statement runs, or after the commit but
+                # before the answer.
+                delay = rng.random() * 0.004
+                rec.write(k="crash", point="in_fused", t=time.time(), delay=delay)
+                asyncio.get_running_loop().call_later(delay, os.kill, os.getpid(),
+                                                      signal.SIGKILL)
+            acked, batch = await consumer.archive_and_dequeue(done, rng.randint(1, 20))
+            assert acked == [True] * len(done), f"lost the lease of {done} ({acked})"
+            done = batch
+            if not batch:
+                await asyncio.sleep(0.05)
+            for message in batch:
+                _delivery(rec, worker, message, "start")
+                await asyncio.sleep(rng.random() * 0.002)
+                _delivery(rec, worker, message, "ok")
+        await consumer.archive_batch(done)
+    print("DONE", flush=True)
+
+
 async def blocked_archive(cfg: dict[str, Any], rec: Recorder) -> None:
     """Claim some messages, then archive them (the test blocks that archive and kills us)."""
     consumer = Consumer(cfg["dsn"], cfg["queue"], cfg["host"], cfg["port"],
@@ -201,7 +235,7 @@ async def blocked_archive(cfg: dict[str, Any], rec: Recorder) -> None:
 
 
 MODES = {"produce": produce, "consume": consume, "manual": manual, "crashy": crashy,
-         "blocked_archive": blocked_archive}
+         "fused": fused, "blocked_archive": blocked_archive}
 
 
 def main(argv: list[str]) -> None:

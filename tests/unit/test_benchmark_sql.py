@@ -39,6 +39,8 @@ def test_floor_claim_and_archive_are_pgqrs_statements() -> None:
     assert "pgqrs_archive" in pgqrs_sql.archive().sql
     assert pgqrs_sql.claim() == pgqrs_sql.compiled("_DEQUEUE")
     assert pgqrs_sql.archive() == pgqrs_sql.compiled("_ARCHIVE")
+    assert pgqrs_sql.archive_and_claim() == pgqrs_sql.compiled("_ARCHIVE_AND_DEQUEUE")
+    assert "FOR UPDATE SKIP LOCKED" in pgqrs_sql.archive_and_claim().sql
 
 
 def test_floor_passes_every_parameter_pgqrs_statements_take() -> None:
@@ -49,7 +51,8 @@ def test_floor_passes_every_parameter_pgqrs_statements_take() -> None:
     for args, statement in ((producer._one_args('{"a":1}'), pgqrs_sql.enqueue()),
                             (producer._many_args(['{"a":1}']), pgqrs_sql.enqueue_batch()),
                             (consumer._claim_args(10), pgqrs_sql.claim()),
-                            (consumer._archive_args([1]), pgqrs_sql.archive())):
+                            (consumer._archive_args([1]), pgqrs_sql.archive()),
+                            (consumer._fused_args([1], 10), pgqrs_sql.archive_and_claim())):
         assert len(args) == len(statement.names)
         # NULL is a real value only for headers (a message without headers).
         assert None not in [a for n, a in zip(statement.names, args, strict=True)
