@@ -143,6 +143,10 @@ class DatabaseUnavailableError(DatabaseError, ConnectionError):
 # SQLSTATE classes and codes that mean "the server is not there right now".
 _UNAVAILABLE_PREFIXES = ("08", "57P01", "57P02", "57P03", "53300")
 _MISSING_OBJECT = {"42P01", "3F000", "42704"}
+# pgqrs's statements name only pgqrs's own columns: one the server does not know means a
+# schema older than this pgqrs (clients do not check the revision on every call, so that
+# an old client keeps working during a rolling upgrade; a new one on an old schema fails).
+_UNDEFINED_COLUMN = "42703"
 _INSUFFICIENT_PRIVILEGE = "42501"
 # A safety net for driver messages; pgqrs's own messages never contain a DSN. Greedy up to
 # the last "@" of the line, so a password with spaces or "@" in it is covered too.
@@ -212,6 +216,11 @@ def translate(exc: BaseException, **context: Any) -> PgqrsError:
     if state in _MISSING_OBJECT:
         return SchemaNotInstalledError(
             f"The pgqrs schema is not installed here ({detail}); {_INSTALL_HINT}"
+        )
+    if state == _UNDEFINED_COLUMN:
+        return SchemaVersionMismatchError(
+            f"The pgqrs schema here is older than this version of pgqrs needs ({detail}); "
+            f"upgrade it: {_INSTALL_HINT} (or `alembic upgrade head`)"
         )
     if state == _INSUFFICIENT_PRIVILEGE:
         return DatabaseError(
