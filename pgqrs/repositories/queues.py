@@ -41,8 +41,9 @@ _CREATE_WITH_POLICY = _CREATE.values(
 _BY_NAME = select(*_queues.c).where(_queues.c.queue_name == bindparam("p_name"))
 _BY_ID = select(*_queues.c).where(_queues.c.id == bindparam("p_id"))
 _LOCK_BY_NAME = _BY_NAME.with_for_update()
-# FOR NO KEY UPDATE: a policy change must not wait for (or hold up) enqueues, whose foreign
-# key check takes FOR KEY SHARE on the queue row.
+_ISOLATION = select(func.current_setting("transaction_isolation"))
+# FOR NO KEY UPDATE: a policy change must not wait for (or hold up) enqueues, which take
+# FOR KEY SHARE on the queue row (_groups.locked_queue).
 _LOCK_POLICY_BY_NAME = _BY_NAME.with_for_update(key_share=True)
 _POLICY = Statement(select(
     _queues.c.max_read_ct, _queues.c.visibility_timeout, _queues.c.retry_backoff_base,
@@ -174,7 +175,22 @@ class QueueRepository(Repository):
         Raises:
             QueueNotFoundError: no such queue.
             QueueInUseError: live workers or messages remain.
+            ConfigurationError: the transaction runs at REPEATABLE READ.
         """
+        # Nothing but this check keeps an enqueue from landing in a queue being deleted
+        # (pgqrs_messages has no foreign key): the enqueue holds the queue row FOR KEY
+        # SHARE, the lock below waits for it, and the count after the wait must see its
+        # message. READ COMMITTED takes a new snapshot for the count; SERIALIZABLE aborts
+        # one of the two. REPEATABLE READ would count with the snapshot from before the
+        # wait and delete a queue that just got a message.
+        level = (await self._execute(executor, _ISOLATION)).scalar_one()
+        if level == "repeatable read":
+            raise errors.ConfigurationError(
+                f"Cannot delete queue {name!r} in a REPEATABLE READ transaction: it could "
+                "miss a message enqueued while it waits for the queue's lock. Run "
+                "delete_queue at READ COMMITTED (the default) or SERIALIZABLE; nothing "
+                "was deleted"
+            )
         row = (await self._execute(executor, _LOCK_BY_NAME, {"p_name": name})).first()
         if row is None:
             raise errors.QueueNotFoundError(name)

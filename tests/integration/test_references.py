@@ -15,7 +15,15 @@ import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from pgqrs import Admin, Consumer, DatabaseError, Producer, QueueInUseError, WorkerStatus
+from pgqrs import (
+    Admin,
+    ConfigurationError,
+    Consumer,
+    DatabaseError,
+    Producer,
+    QueueInUseError,
+    WorkerStatus,
+)
 
 DANGLING = """
 SELECT
@@ -175,3 +183,24 @@ async def test_queries_by_worker_use_the_held_index_and_purges_skip_the_table(
         # The one-time filter: with no worker deleted, the live table is never read.
         scans = message_scans(plans[name])
         assert scans and all(n.get("Actual Loops", 0) == 0 for n in scans), (name, plans[name])
+
+
+@pytest.mark.parametrize("level", ["REPEATABLE READ", "SERIALIZABLE"])
+async def test_delete_queue_on_a_host_engine_by_isolation_level(dsn: str, queue: str,
+                                                                level: str) -> None:
+    # REPEATABLE READ would count the queue's messages in a snapshot taken before waiting
+    # for an enqueue's lock, so it is refused and nothing goes; SERIALIZABLE is safe.
+    engine = create_async_engine(dsn.replace("postgresql://", "postgresql+asyncpg://", 1),
+                                 poolclass=NullPool, isolation_level=level)
+    try:
+        admin = Admin(engine)
+        if level == "REPEATABLE READ":
+            with pytest.raises(ConfigurationError, match="REPEATABLE READ"):
+                await admin.delete_queue(queue)
+            assert await sql(dsn, "SELECT id FROM pgqrs_queues WHERE queue_name = $1", queue)
+        else:
+            await admin.delete_queue(queue)
+            assert not await sql(dsn, "SELECT id FROM pgqrs_queues WHERE queue_name = $1",
+                                 queue)
+    finally:
+        await engine.dispose()
