@@ -39,8 +39,12 @@ _EMPTY = otel_context.Context()
 _OPEN_LIMIT = 100_000
 """Most deliveries one consume loop may have between handler start and settle; a guard."""
 
-_DROPS_UNSAMPLED = "remoteParentNotSampled:AlwaysOffSampler"
-"""In an SDK sampler's description: a remote parent that is not sampled gets no span.
+_DROPS_UNSAMPLED = ("remoteParentNotSampled:AlwaysOffSampler",
+                    "localParentNotSampled:AlwaysOffSampler")
+"""In an SDK sampler's description: a parent that is not sampled gets no span.
+
+Both halves must hold: skipping our span makes the handler's own spans children of the
+producer's (remote) context instead of our (local) span, which must change nothing.
 
 The SDK's default sampler (``ParentBased``, whatever its root) says so, and
 ``Sampler.get_description()`` is public API, so no SDK internals are read.
@@ -131,7 +135,8 @@ class _Consume:
         # its (unsampled) trace, for the cost of parsing the header.
         sampler = getattr(provider, "sampler", None)
         describe = getattr(sampler, "get_description", None)
-        self.skip_unsampled = callable(describe) and _DROPS_UNSAMPLED in str(describe())
+        self.skip_unsampled = callable(describe) and all(
+            part in str(describe()) for part in _DROPS_UNSAMPLED)
         # (message id, read_ct) -> its span: one entry per delivery whose handler started.
         self.open: dict[tuple[int, int], Span] = {}
 
