@@ -88,23 +88,20 @@ class Source(abc.ABC):
 GENERIC_PLANS = "SET plan_cache_mode = force_generic_plan"
 """Run once on each connection of a Producer's or Consumer's own engine.
 
-PostgreSQL plans a prepared statement anew on every execution (a custom plan) for as long
-as its generic plan's estimated cost is higher than the custom plans' average. For the
-claim (``repositories._claim``: ``DEQUEUE``, ``NEXT_DUE`` and the fused statements of
-``_acks``) that is always: a generic plan cannot see ``LIMIT $n``'s value, so it assumes
-10% of the rows, and its estimate runs to millions against ~150 for a custom plan. The
-two plans are the same (the same indexes, the same order), so the planning on every call,
-0.2-0.3 ms of server time, buys nothing: with this setting the claim's round trip fell
-from 0.30 to 0.09 ms (``benchmarks/studies/plan_cache.py``). The other hot statements
-(acks, enqueues) already run generic plans, and tests/integration/test_claim_plans.py
-checks the generic plans of the claim shapes.
+PostgreSQL plans a prepared statement anew on every call (a custom plan) while its generic
+plan's estimated cost exceeds the custom plans' average. For the claim (``_claim.DEQUEUE``,
+the fused statements of ``_acks``; ``NEXT_DUE`` on big queues) that is always: blind to a
+parameterised LIMIT (``p_limit``, and the ``LIMIT 1``s SQLAlchemy binds as parameters too),
+the generic plan assumes 10% of the rows and is estimated at millions, against ~150. The
+plans are the same, so planning every call (0.2-0.5 ms of server time) buys nothing; the claim's
+round trip fell from 0.30 to 0.09 ms (``benchmarks/studies/plan_cache.py``). Acks and
+enqueues run generic plans anyway. tests/integration/test_claim_plans.py checks the
+generic plans of the claim shapes.
 
-Only on pgqrs's own connections (a host's engine or lent connection is not pgqrs's to
-reconfigure), never behind pgbouncer (``pgbouncer=True``: a session setting would not
-stick to a server connection, and without the statement cache every statement is parsed
-and planned anyway), and only from PostgreSQL 12 (the setting's first version). A SET
-after connecting rather than a startup parameter (``server_settings``), because poolers
-such as pgbouncer refuse startup parameters they do not know, even in session mode.
+Not on a host's engine or lent connection (not pgqrs's to reconfigure), nor Admin's or
+Maintenance's (occasional statements), nor with ``pgbouncer=True`` (a session setting does
+not stick to a server connection there), nor before PostgreSQL 12. A SET, not a startup
+parameter: pgbouncer refuses startup parameters it does not know, even in session mode.
 """
 
 
