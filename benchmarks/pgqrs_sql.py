@@ -8,9 +8,13 @@ its own connection. The one deliberate difference: pgqrs's enqueues NOTIFY in th
 statement, while the floor's enqueues are the same INSERTs without it (the floor wakes its
 consumers with a trigger; see ``sides.FloorSide``).
 
-Two functions know pgqrs's internals, so a change there is a one-line change here:
-``pgqrs_statement`` (how module-level statements are stored) and ``_compile`` (how pgqrs
-compiles them).
+The floor's connections also get the session setting pgqrs's own Producer and Consumer
+connections get (``session_setup``: generic plans, see ``pgqrs._db.GENERIC_PLANS``), so
+that the same statements are planned the same way on both sides.
+
+Three functions know pgqrs's internals, so a change there is a one-line change here:
+``pgqrs_statement`` (how module-level statements are stored), ``_compile`` (how pgqrs
+compiles them) and ``session_setup`` (how pgqrs sets up its connections).
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import asyncpg
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.sql.selectable import CTE
 
+from pgqrs._db import GENERIC_PLANS
 from pgqrs.repositories import messages
 from pgqrs.repositories._base import Statement
 from pgqrs.repositories._base import _compile as pgqrs_compile
@@ -40,6 +46,12 @@ def _compile(statement: Any, schema: str) -> tuple[str, tuple[str, ...], dict[st
     # raise (KeyError in ``args``), not run as NULL.
     defaults = {n: v for n, v in compiled.defaults.items() if v is not None}
     return compiled.sql, compiled.names, defaults
+
+
+async def session_setup(conn: asyncpg.Connection) -> None:
+    """What pgqrs runs on each new connection of a Producer's or Consumer's own engine."""
+    if conn.get_server_version() >= (12,):
+        await conn.execute(GENERIC_PLANS)
 
 
 def without_notify(statement: Any) -> Any:

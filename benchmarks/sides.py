@@ -7,7 +7,8 @@ objects, so nothing sits between a scenario and pgqrs.
 The floor runs the statements pgqrs runs (the same tables, indexes, ``SKIP LOCKED`` claim
 with the "worker still ready" check, and ``DELETE ... RETURNING`` into the archive), as
 asyncpg prepared statements on one connection per client, each statement in its own
-implicit transaction (one round trip). The statements are pgqrs's own, compiled from
+implicit transaction (one round trip), planned as pgqrs plans them (its connections'
+session setting: generic plans). The statements are pgqrs's own, compiled from
 ``pgqrs.repositories.messages`` (``benchmarks/pgqrs_sql.py``), so they cannot drift from
 what pgqrs sends. It is what a hand-written client of the same schema costs, so
 ``pgqrs / floor`` is the price of the library.
@@ -105,6 +106,7 @@ class FloorMessage(NamedTuple):
 async def _register(dsn: str, hostname: str, port: int) -> tuple[asyncpg.Connection, int, int]:
     """Connect; return the connection, the queue id and a new worker row's id."""
     conn = await asyncpg.connect(dsn)
+    await pgqrs_sql.session_setup(conn)  # planned as pgqrs's own connections plan
     queue_id = await conn.fetchval(QUEUE_ID, QUEUE)
     worker_id = await conn.fetchval(REGISTER, hostname, port, queue_id)
     return conn, int(queue_id), int(worker_id)

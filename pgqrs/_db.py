@@ -4,6 +4,9 @@ A DSN makes pgqrs create (and later dispose) its own engine. A host ``AsyncEngin
 shared and never disposed or reconfigured. A lent session or connection is joined as is:
 pgqrs never commits, rolls back or closes it.
 
+A Producer's or Consumer's own engine (``generic_plans=True``) sets ``plan_cache_mode =
+force_generic_plan`` on each connection it opens (see ``GENERIC_PLANS``).
+
 Clients reach the database through a ``Backend``: ``Database`` here (asyncio, asyncpg), or
 the sync facade's ``pgqrs.sync._db.SyncDatabase``, which answers the same calls with the
 application's synchronous ``Engine`` so that the one async implementation serves both.
@@ -82,8 +85,28 @@ class Source(abc.ABC):
         """The backend for a client with ``settings``."""
 
 
+GENERIC_PLANS = "SET plan_cache_mode = force_generic_plan"
+"""Run once on each connection of a Producer's or Consumer's own engine.
+
+PostgreSQL plans a prepared statement anew on every call (a custom plan) while its generic
+plan's estimated cost exceeds the custom plans' average. For the claim (``_claim.DEQUEUE``,
+the fused statements of ``_acks``; ``NEXT_DUE`` on big queues) that is always: blind to a
+parameterised LIMIT (``p_limit``, and the ``LIMIT 1``s SQLAlchemy binds as parameters too),
+the generic plan assumes 10% of the rows and is estimated at millions, against ~150. The
+plans are the same, so planning every call (0.2-0.5 ms of server time) buys nothing; the claim's
+round trip fell from 0.30 to 0.09 ms (``benchmarks/studies/plan_cache.py``). Acks and
+enqueues run generic plans anyway. tests/integration/test_claim_plans.py checks the
+generic plans of the claim shapes.
+
+Not on a host's engine or lent connection (not pgqrs's to reconfigure), nor Admin's or
+Maintenance's (occasional statements), nor with ``pgbouncer=True`` (a session setting does
+not stick to a server connection there), nor before PostgreSQL 12. A SET, not a startup
+parameter: pgbouncer refuses startup parameters it does not know, even in session mode.
+"""
+
+
 def open_backend(target: str | AsyncEngine | Source, settings: Settings, *,
-                 pooled: bool = True) -> Backend:
+                 pooled: bool = True, generic_plans: bool = False) -> Backend:
     """The backend for a client's ``dsn`` argument (see ``Database`` for the options).
 
     Raises:
@@ -91,23 +114,27 @@ def open_backend(target: str | AsyncEngine | Source, settings: Settings, *,
     """
     if isinstance(target, Source):
         return target.open(settings)
-    return Database(target, settings, pooled=pooled)
+    return Database(target, settings, pooled=pooled, generic_plans=generic_plans)
 
 
-def create_engine(dsn: str, settings: Settings, *, pooled: bool = True) -> AsyncEngine:
+def create_engine(dsn: str, settings: Settings, *, pooled: bool = True,
+                  generic_plans: bool = False) -> AsyncEngine:
     """Create pgqrs's own engine for ``dsn`` (no I/O happens until first use).
 
     ``pooled=False`` opens a connection per transaction and keeps none, for clients like
     Admin whose users often never close them (the seed's examples don't).
+    ``generic_plans=True`` runs ``GENERIC_PLANS`` on every new connection (not with
+    ``settings.pgbouncer``), for the clients that run the hot statements.
 
     Raises:
         ConfigurationError: the DSN is not a PostgreSQL URL.
     """
     parsed = _dsn.parse(dsn)
     connect_timeout = parsed.connect_timeout or settings.connect_timeout
+    generic_plans = generic_plans and not settings.pgbouncer
 
     async def connect() -> asyncpg.Connection:
-        return await asyncpg.connect(
+        conn = await asyncpg.connect(
             parsed.libpq_url,
             timeout=connect_timeout,
             command_timeout=settings.statement_timeout,
@@ -115,6 +142,13 @@ def create_engine(dsn: str, settings: Settings, *, pooled: bool = True) -> Async
             # server connection, so prepared statements must not be reused there.
             statement_cache_size=0 if settings.pgbouncer else 256,
         )
+        if generic_plans and conn.get_server_version() >= (12,):
+            try:
+                await conn.execute(GENERIC_PLANS)
+            except BaseException:
+                conn.terminate()
+                raise
+        return conn
 
     def creator() -> Any:
         dbapi: Any = engine.dialect.dbapi
@@ -227,7 +261,7 @@ class Database:
     background_tasks = True
 
     def __init__(self, target: str | AsyncEngine, settings: Settings, *,
-                 pooled: bool = True) -> None:
+                 pooled: bool = True, generic_plans: bool = False) -> None:
         self.settings = settings
         if isinstance(target, AsyncEngine):
             self.engine = target
@@ -239,7 +273,8 @@ class Database:
                 "driver); for a synchronous Engine use pgqrs.sync"
             )
         elif isinstance(target, str):
-            self.engine = create_engine(target, settings, pooled=pooled)
+            self.engine = create_engine(target, settings, pooled=pooled,
+                                        generic_plans=generic_plans)
             self.owned = True
             self.identity = _dsn.parse(target).libpq_url
         else:

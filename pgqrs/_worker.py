@@ -56,7 +56,9 @@ class WorkerClient:
             self.settings, self._db = _compat.client_database(admin_db, options)
         else:
             self.settings = Settings.build(**options)
-            self._db = _db.open_backend(dsn, self.settings)  # type: ignore[arg-type]
+            # Its own engine runs the hot statements: generic plans (see _db.GENERIC_PLANS).
+            self._db = _db.open_backend(dsn, self.settings,  # type: ignore[arg-type]
+                                        generic_plans=True)
         repos = repositories.for_schema(self.settings.schema)
         self._queues, self._workers, self._messages = repos.queues, repos.workers, repos.messages
         self._worker_id: int | None = None

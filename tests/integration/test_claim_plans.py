@@ -2,7 +2,12 @@
 
 Each test fills a queue with SQL (the shape of the data matters here, not how it got
 there), then runs pgqrs's own claim statement under ``EXPLAIN (ANALYZE, BUFFERS)`` in a
-transaction that is rolled back, and checks from the plan that:
+transaction that is rolled back, twice: with a custom plan (PostgreSQL's choice for the
+claim under its default ``plan_cache_mode``, and what a host's connection runs) and with
+the generic plan (prepared, then ``EXPLAIN EXECUTE`` under ``force_generic_plan``: what
+a Producer's or Consumer's own connection runs, see ``pgqrs._db.GENERIC_PLANS``; it is
+planned without the parameters' values: which queue, how many to claim). It checks from
+the plan that:
 - no node scans ``pgqrs_messages`` sequentially;
 - the scans of ``pgqrs_messages`` removed (almost) no rows by filter: the claim did not
   walk rows it could not claim (delayed, leased, parked, lower priority);
@@ -12,6 +17,7 @@ transaction that is rolled back, and checks from the plan that:
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import timedelta
 from typing import Any
@@ -19,15 +25,25 @@ from typing import Any
 import asyncpg
 import pytest
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from pgqrs import Consumer, Producer
+from pgqrs import Admin, Consumer, Producer
 from pgqrs.repositories import Statement, messages
 
 ROWS = 100_000
 
 
-async def explain(dsn: str, statement: Statement, **params: Any) -> dict[str, Any]:
-    """EXPLAIN ANALYZE ``statement`` with ``params`` (in a transaction rolled back)."""
+PLANS = ("custom", "generic")
+
+
+async def explain(dsn: str, statement: Statement, plan: str = "custom",
+                  **params: Any) -> dict[str, Any]:
+    """EXPLAIN ANALYZE ``statement`` with ``params`` (in a transaction rolled back).
+
+    ``plan="generic"``: the statement is prepared and explained with ``EXPLAIN EXECUTE``
+    under ``force_generic_plan`` (its parameters reach it as typed literals, which a
+    generic plan does not look at); the test fails unless the server made a generic plan.
+    """
     compiled: Any = statement.executable.compile(dialect=postgresql.asyncpg.dialect())
     values = compiled.construct_params(params)
     args = [values[name] for name in compiled.positiontup or []]
@@ -37,13 +53,31 @@ async def explain(dsn: str, statement: Statement, **params: Any) -> dict[str, An
         transaction = conn.transaction()
         await transaction.start()
         try:
-            plan = json.loads(await conn.fetchval(
-                f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {compiled}", *args))
+            if plan == "custom":
+                text = await conn.fetchval(
+                    f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {compiled}", *args)
+            else:
+                text = await _explain_generic(conn, str(compiled), args)
         finally:
             await transaction.rollback()
     finally:
         await conn.close()
-    return plan[0]  # type: ignore[no-any-return]
+    return json.loads(text)[0]  # type: ignore[no-any-return]
+
+
+async def _explain_generic(conn: asyncpg.Connection, sql: str, args: list[Any]) -> str:
+    types = [f"{t.schema}.{t.name}" for t in (await conn.prepare(sql)).get_parameters()]
+    # EXECUTE takes no $n parameters of its own: each value goes in as a quoted literal.
+    literals = [await conn.fetchval(f"SELECT format('%L', $1::{t}) || '::{t}'", value)
+                for t, value in zip(types, args, strict=True)]
+    await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+    await conn.execute(f"PREPARE claim_plan AS {sql}")
+    text: str = await conn.fetchval(
+        f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE claim_plan({', '.join(literals)})")
+    made = await conn.fetchrow("SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                               "WHERE name = 'claim_plan'")
+    assert made is not None and tuple(made) == (1, 0), made
+    return text
 
 
 def buffers(plan: dict[str, Any]) -> int:
@@ -69,13 +103,24 @@ def check_claim(plan: dict[str, Any], *, claimed: int) -> dict[str, int]:
     removed = sum(n.get("Rows Removed by Filter", 0) * n.get("Actual Loops", 1) for n in scans)
     assert plan["Plan"]["Actual Rows"] == claimed, json.dumps(plan, indent=1)
     assert removed <= 5, json.dumps(plan, indent=1)
-    assert buffers(plan) < 100, json.dumps(plan, indent=1)
+    # Updating a row reads it through the primary key: a buffer or so per claimed row.
+    assert buffers(plan) < 100 + claimed, json.dumps(plan, indent=1)
     return {"removed": removed, "buffers": buffers(plan)}
 
 
-async def claim_plan(dsn: str, worker_id: int, limit: int = 10) -> dict[str, Any]:
-    return await explain(dsn, messages._DEQUEUE, p_queue_id=1, p_worker_id=worker_id,
+async def claim_plan(dsn: str, worker_id: int, plan: str, limit: int = 10) -> dict[str, Any]:
+    return await explain(dsn, messages._DEQUEUE, plan, p_queue_id=1, p_worker_id=worker_id,
                          p_limit=limit, p_lease=timedelta(seconds=30))
+
+
+async def check_claims(dsn: str, worker_id: int, *, visible: int) -> None:
+    """The claim of 10 under both plans; the generic one also claiming 1 and 50 (one
+    generic plan serves every limit: it must stay as good for all of them)."""
+    for plan in PLANS:
+        check_claim(await claim_plan(dsn, worker_id, plan), claimed=min(visible, 10))
+    for limit in (1, 50):
+        check_claim(await claim_plan(dsn, worker_id, "generic", limit),
+                    claimed=min(visible, limit))
 
 
 async def fill(dsn: str, *statements: str) -> None:
@@ -98,7 +143,7 @@ async def worker(dsn: str, queue: str) -> int:
 async def test_claim_with_50k_visible(dsn: str, worker: int) -> None:
     await fill(dsn, "INSERT INTO pgqrs_messages (queue_id, payload, vt) SELECT 1, '{}', "
                     "now() - interval '1 min' FROM generate_series(1, 50000)")
-    check_claim(await claim_plan(dsn, worker), claimed=10)
+    await check_claims(dsn, worker, visible=50000)
 
 
 async def test_claim_with_100k_delayed_queued_ahead_of_the_visible(dsn: str,
@@ -109,7 +154,7 @@ async def test_claim_with_100k_delayed_queued_ahead_of_the_visible(dsn: str,
                f"now() + interval '7 days' FROM generate_series(1, {ROWS})",
                "INSERT INTO pgqrs_messages (queue_id, payload, vt) SELECT 1, '{}', "
                "now() - interval '1 s' FROM generate_series(1, 50)")
-    check_claim(await claim_plan(dsn, worker), claimed=10)
+    await check_claims(dsn, worker, visible=50)
 
 
 async def test_claim_with_leased_and_higher_priority_delayed_ahead(dsn: str,
@@ -124,7 +169,7 @@ async def test_claim_with_leased_and_higher_priority_delayed_ahead(dsn: str,
                f"{ROWS // 2}) i",
                "INSERT INTO pgqrs_messages (queue_id, payload, vt) SELECT 1, '{}', "
                "now() - interval '1 s' FROM generate_series(1, 20)")
-    check_claim(await claim_plan(dsn, worker), claimed=10)
+    await check_claims(dsn, worker, visible=20)
 
 
 async def test_claim_with_many_groups(dsn: str, worker: int) -> None:
@@ -134,17 +179,29 @@ async def test_claim_with_many_groups(dsn: str, worker: int) -> None:
                "SELECT 1, '{}', 'g' || (i % 10000), i > 10000 FROM generate_series(1, 100000) i",
                "INSERT INTO pgqrs_groups (queue_id, group_key, live) "
                "SELECT 1, 'g' || i, 10 FROM generate_series(0, 9999) i")
-    check_claim(await claim_plan(dsn, worker), claimed=10)
+    await check_claims(dsn, worker, visible=10000)
 
 
 async def test_an_empty_queue_with_only_delayed_rows_claims_nothing_cheaply(
         dsn: str, worker: int) -> None:
     await fill(dsn, f"INSERT INTO pgqrs_messages (queue_id, payload, vt, priority) SELECT 1, "
                     f"'{{}}', now() + interval '1 day', i % 3 FROM generate_series(1, {ROWS}) i")
-    check_claim(await claim_plan(dsn, worker), claimed=0)
-    plan = await explain(dsn, messages._NEXT_DUE, p_queue_id=1)
-    assert all(n["Node Type"] != "Seq Scan" for n in message_scans(plan))
-    assert buffers(plan) < 30, json.dumps(plan, indent=1)
+    await check_claims(dsn, worker, visible=0)
+    for mode in PLANS:
+        plan = await explain(dsn, messages._NEXT_DUE, mode, p_queue_id=1)
+        assert all(n["Node Type"] != "Seq Scan" for n in message_scans(plan))
+        assert buffers(plan) < 30, json.dumps(plan, indent=1)
+
+
+async def test_a_paused_queue_claims_nothing_and_scans_nothing(dsn: str, worker: int) -> None:
+    await fill(dsn, f"INSERT INTO pgqrs_messages (queue_id, payload, vt) SELECT 1, '{{}}', "
+                    f"now() - interval '1 min' FROM generate_series(1, {ROWS})",
+               "UPDATE pgqrs_queues SET paused = true")
+    for plan in PLANS:
+        claim = await claim_plan(dsn, worker, plan, limit=50)
+        assert claim["Plan"]["Actual Rows"] == 0
+        # The paused check is a one-time filter: the claim index is never read.
+        assert buffers(claim) == 0, json.dumps(claim, indent=1)
 
 
 async def test_handing_a_group_over_reads_one_index_entry(dsn: str, queue: str) -> None:
@@ -175,8 +232,9 @@ async def test_the_fused_ack_and_claim_uses_the_primary_key_and_the_claim_index(
                "INSERT INTO pgqrs_messages (queue_id, payload, vt) SELECT 1, '{}', "
                "now() - interval '1 min' FROM generate_series(1, 50000)")
     acked = list(range(1000, 1010))
-    for statement in (messages._ARCHIVE_AND_DEQUEUE, messages._DELETE_AND_DEQUEUE):
-        plan = await explain(dsn, statement, p_queue_id=1, p_worker_id=worker, p_limit=10,
+    for statement, mode in itertools.product(
+            (messages._ARCHIVE_AND_DEQUEUE, messages._DELETE_AND_DEQUEUE), PLANS):
+        plan = await explain(dsn, statement, mode, p_queue_id=1, p_worker_id=worker, p_limit=10,
                              p_lease=timedelta(seconds=30), p_ids=acked,
                              p_read_cts=[1] * len(acked))
         scans = message_scans(plan)
@@ -189,3 +247,40 @@ async def test_the_fused_ack_and_claim_uses_the_primary_key_and_the_claim_index(
                       for n in scans)
         assert removed <= 5, json.dumps(plan, indent=1)
         assert buffers(plan) < 200, json.dumps(plan, indent=1)
+
+
+async def _plan_cache_mode(db: Any) -> str:
+    async with db.transaction() as conn:
+        return str((await conn.exec_driver_sql("SHOW plan_cache_mode")).scalar_one())
+
+
+async def test_only_a_workers_own_connections_plan_generically(dsn: str, queue: str) -> None:
+    async with (Producer(dsn, queue, "p", 1) as producer,
+                Consumer(dsn, queue, "c", 2) as consumer,
+                Consumer(dsn, queue, "c", 3, pgbouncer=True) as bounced,
+                Admin(dsn) as admin):
+        await producer.enqueue_batch([{"i": i} for i in range(30)])
+        for _ in range(12):
+            await consumer.archive_batch(await consumer.dequeue(1))
+        held = consumer._db._held  # type: ignore[attr-defined]
+        # The claim was planned once on the held connection, then reused: no custom plan.
+        assert await held.driver.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+        plans = await held.driver.fetchrow(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+            "WHERE statement LIKE 'WITH RECURSIVE levels%'")
+        assert plans is not None and plans["custom_plans"] == 0, plans
+        assert plans["generic_plans"] >= 12, plans
+        # Every connection of the worker's pool, not only the held one.
+        assert await _plan_cache_mode(consumer._db) == "force_generic_plan"  # type: ignore[attr-defined]
+        assert await _plan_cache_mode(producer._db) == "force_generic_plan"  # type: ignore[attr-defined]
+        # Not behind pgbouncer (nothing sticks to a server connection there), not Admin's.
+        assert await _plan_cache_mode(bounced._db) == "auto"  # type: ignore[attr-defined]
+        assert await _plan_cache_mode(admin._db) == "auto"  # type: ignore[attr-defined]
+    # A host's engine is not pgqrs's to reconfigure.
+    engine = create_async_engine(dsn.replace("postgresql://", "postgresql+asyncpg://", 1))
+    try:
+        async with Consumer(engine, queue, "c", 4) as hosted:
+            await hosted.dequeue(1)
+            assert await _plan_cache_mode(hosted._db) == "auto"  # type: ignore[attr-defined]
+    finally:
+        await engine.dispose()
