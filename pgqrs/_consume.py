@@ -348,11 +348,6 @@ class ConsumeLoop:
 
     async def _slot_freed(self) -> None:
         """Wait until a handler finishes (its ack is then queued), or until stopping."""
-        # Handlers that never wait have finished once the loop comes round: yielding
-        # once, behind them, spares most claims a wake-up of their own.
-        await asyncio.sleep(0)
-        if len(self.in_flight) < self.concurrency or self.stop.is_set():
-            return
         self._waiter = waiter = asyncio.get_running_loop().create_future()
         try:
             await waiter
