@@ -21,7 +21,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
 from pgqrs import _signals, _validation, errors
 from pgqrs.types import Outcome, QueueMessage, QueuePolicy, Settled
@@ -92,15 +92,38 @@ class MessageSource(Protocol):
 class _Delivery:
     """One claimed message on its way through the loop."""
 
-    __slots__ = ("duration", "message", "owner")
+    __slots__ = ("duration", "keeper", "message", "owner", "task", "watch")
 
-    def __init__(self, message: QueueMessage) -> None:
+    def __init__(self, message: QueueMessage, watch: _LeaseWatch) -> None:
         self.message = message
         self.duration: float | None = None
         # Who settles it: "" while the handler may run, "task" once the handler is done,
         # "drain" once stopping took it over. Set without an await in between, so exactly
         # one of them ever settles the delivery.
         self.owner = ""
+        self.watch = watch
+        self.task: asyncio.Task[None] | None = None
+        """The task running ``_process`` on it (set right after it is created)."""
+        self.keeper: asyncio.Task[None] | None = None
+        """The lease keeper, started once the handler has run for half the lease."""
+
+
+class _LeaseWatch:
+    """The deliveries of one claim that share a lease length, and one timer for them all.
+
+    Most handlers finish long before half the lease: one timer per claim (not one per
+    message) starts the lease keeper at half the lease for those still running, and is
+    cancelled as soon as the last of them is done.
+    """
+
+    __slots__ = ("deliveries", "lease", "pending", "timer")
+
+    def __init__(self, lease: float) -> None:
+        self.lease = lease
+        self.deliveries: list[_Delivery] = []
+        self.pending = 0
+        """How many of ``deliveries`` are still in their task."""
+        self.timer: asyncio.TimerHandle | None = None
 
 
 class _Round(NamedTuple):
@@ -228,7 +251,14 @@ class ConsumeLoop:
         self.around_handler = around_handler
         self.on_claimed = on_claimed
         self.in_flight: dict[asyncio.Task[None], _Delivery] = {}
+        """The deliveries whose task has not finished; each task takes itself out."""
         self.acks = AckBatcher(source.archive, self._settle)
+        # Only a hook needs a handler's duration (``Settled.duration``).
+        self._timed = on_settled is not None
+        self._watches: set[_LeaseWatch] = set()
+        """Lease timers of claims whose handlers are not all done yet."""
+        self._waiter: asyncio.Future[None] | None = None
+        """Set while the claim loop waits for a free slot; a finishing handler wakes it."""
         self.succeeded = 0
         self._policy: QueuePolicy | None = None
         self._policy_read = 0.0
@@ -242,25 +272,29 @@ class ConsumeLoop:
         with _signals.stop_on_signals(self.stop, handle_signals):
             # Lets a loop that waits on busy handlers notice a stop at once.
             stopping = asyncio.create_task(self.stop.wait())
+            stopping.add_done_callback(self._wake)
             try:
-                await self._claim_loop(stopping)
+                await self._claim_loop()
             finally:
                 stopping.cancel()
                 # Also on cancellation: finish or release what we hold, then let it propagate.
                 await asyncio.shield(self._drain())
+                for watch in self._watches:  # handlers cancelled before they started
+                    if watch.timer is not None:
+                        watch.timer.cancel()
+                self._watches.clear()
         return self.succeeded
 
     # -- claiming ---------------------------------------------------------------------------
 
-    async def _claim_loop(self, stopping: asyncio.Task[object]) -> None:
+    async def _claim_loop(self) -> None:
         failures = 0
         while not self.stop.is_set():
             capacity = self.concurrency - len(self.in_flight)
             if capacity <= 0:
                 # The acks of the handlers that finish ride on the next claim (or are
                 # flushed by stopping).
-                await asyncio.wait([stopping, *self.in_flight],
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await self._slot_freed()
                 continue
             try:
                 claimed = await self._next_round(min(self.batch_size, capacity))
@@ -283,13 +317,48 @@ class ConsumeLoop:
                 return
             if claimed.messages and self.on_claimed is not None:
                 await self._claimed(claimed.messages)
-            for message in claimed.messages:
-                delivery = _Delivery(message)
-                task = asyncio.create_task(self._process(delivery))
-                self.in_flight[task] = delivery
-                task.add_done_callback(self._forget)
+            if claimed.messages:
+                self._start(claimed.messages)
             if len(self.acks) >= self.batch_size:
                 await self.acks.flush()
+
+    def _start(self, messages: list[QueueMessage]) -> None:
+        """Start a handler task for each claimed message, and the claim's lease timer."""
+        loop = asyncio.get_running_loop()
+        watches: dict[float, _LeaseWatch] = {}
+        watch: _LeaseWatch | None = None
+        vt = dequeued_at = None
+        for message in messages:
+            # One claim statement gives all its messages the same lease (and the same
+            # ``vt`` and ``dequeued_at``); grouped by length anyway, so each keeper starts
+            # at half its own message's lease.
+            if watch is None or message.vt != vt or message.dequeued_at != dequeued_at:
+                vt, dequeued_at = message.vt, message.dequeued_at
+                lease = self._lease_of(message)
+                watch = watches.get(lease)
+                if watch is None:
+                    watch = watches[lease] = _LeaseWatch(lease)
+                    watch.timer = loop.call_later(lease / 2, self._half_lease, watch)
+                    self._watches.add(watch)
+            delivery = _Delivery(message, watch)
+            watch.deliveries.append(delivery)
+            watch.pending += 1
+            task = delivery.task = loop.create_task(self._process(delivery))
+            self.in_flight[task] = delivery
+
+    async def _slot_freed(self) -> None:
+        """Wait until a handler finishes (its ack is then queued), or until stopping."""
+        self._waiter = waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def _wake(self, _: object = None) -> None:
+        """Wake the claim loop if it waits for a free slot (a handler finished, or stop)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _next_round(self, limit: int) -> _Round:
         """Claim what is there now, else wait (on handlers, NOTIFY or the next due message)."""
@@ -347,32 +416,20 @@ class ConsumeLoop:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stop.wait(), seconds)
 
-    def _forget(self, task: asyncio.Task[None]) -> None:
-        self.in_flight.pop(task, None)
-
     # -- one message ------------------------------------------------------------------------
 
     async def _process(self, delivery: _Delivery) -> None:
-        # Most handlers finish long before half the lease: a timer (cheaper than a task
-        # per message) starts the lease keeper only for those that do not.
-        loop = asyncio.get_running_loop()
         message = delivery.message
-        keeper: list[asyncio.Task[None]] = []
-        lease = self._lease_of(message)
-        timer = loop.call_later(lease / 2, lambda: keeper.append(
-            loop.create_task(self._keep_leased(message.id, lease))))
         try:
             error: Exception | None = None
             try:
-                if self.around_handler is None:
-                    started = loop.time()
-                    try:
-                        await self.handler(message)
-                    finally:
-                        delivery.duration = loop.time() - started
-                else:
+                if self.around_handler is not None:
                     async with self.around_handler(message):
                         await self._run_handler(delivery)
+                elif self._timed:
+                    await self._run_handler(delivery)
+                else:
+                    await self.handler(message)
             except Exception as exc:
                 error = exc
             if delivery.owner:
@@ -383,18 +440,40 @@ class ConsumeLoop:
             else:
                 await self._failed(delivery, error)
         finally:
-            timer.cancel()
-            for task in keeper:
-                task.cancel()
+            # The task's own bookkeeping, instead of a done callback: one event loop
+            # callback per message fewer. (Only ``_drain`` cancels a task that may not
+            # have started, and it no longer counts on ``in_flight`` by then.)
+            if delivery.keeper is not None:
+                delivery.keeper.cancel()
+            watch = delivery.watch
+            watch.pending -= 1
+            if not watch.pending:
+                self._watches.discard(watch)
+                watch.deliveries.clear()  # they refer to it: no cycle left for the GC
+                if watch.timer is not None:
+                    watch.timer.cancel()
+            self.in_flight.pop(cast(asyncio.Task[None], delivery.task), None)
+            if self._waiter is not None:
+                self._wake()
 
     async def _run_handler(self, delivery: _Delivery) -> None:
-        """Run the handler inside ``around_handler``; time only the handler itself."""
+        """Run the handler, timing it (for ``Settled.duration``)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
             await self.handler(delivery.message)
         finally:
             delivery.duration = loop.time() - started
+
+    def _half_lease(self, watch: _LeaseWatch) -> None:
+        """Half the lease is over: keep extending it for the handlers still running."""
+        watch.timer = None
+        loop = asyncio.get_running_loop()
+        for delivery in watch.deliveries:
+            task = delivery.task
+            if task is not None and not task.done() and delivery.keeper is None:
+                delivery.keeper = loop.create_task(
+                    self._keep_leased(delivery.message.id, watch.lease))
 
     def _lease_of(self, message: QueueMessage) -> float:
         """The lease this delivery got (the consumer's, or the queue's at the claim)."""

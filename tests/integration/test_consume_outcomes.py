@@ -14,6 +14,7 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -347,3 +348,51 @@ async def test_a_host_sigterm_handler_is_left_alone(dsn: str, queue: str) -> Non
     out, err = await asyncio.to_thread(proc.communicate, timeout=30)
     assert proc.returncode == 0, err
     assert "DONE 3 host_handler_calls=1 kept=True" in out, out
+
+
+async def test_one_lease_timer_per_claim_and_none_left_behind(dsn: str, queue: str) -> None:
+    """The lease keeper's timer is armed once per claim, not once per message, and every
+    one is cancelled by the time ``consume`` returns: when the handlers finished, and when
+    stopping cancelled the ones still running."""
+    async with Producer(dsn, queue, "p", 1) as producer:
+        await producer.enqueue_batch([{"i": i} for i in range(25)])
+    loop = asyncio.get_running_loop()
+    armed: list[asyncio.TimerHandle] = []
+    call_later = loop.call_later
+
+    def spy(delay: float, callback: Any, *args: Any, **kw: Any) -> asyncio.TimerHandle:
+        handle = call_later(delay, callback, *args, **kw)
+        if getattr(callback, "__name__", "") == "_half_lease":
+            armed.append(handle)
+        return handle
+
+    async def noop(message: QueueMessage) -> None:
+        return None
+
+    loop.call_later = spy  # type: ignore[method-assign]
+    try:
+        async with Consumer(dsn, queue, "c", 1, visibility_timeout=30) as consumer:
+            done = await consumer.consume(noop, batch_size=10, concurrency=10,
+                                          stop_when_idle=True)
+        assert done == 25
+        assert 3 <= len(armed) <= 5, len(armed)  # claims of 10, 10 and 5
+        assert all(h.cancelled() for h in armed)
+
+        armed.clear()
+        async with Producer(dsn, queue, "p", 1) as producer:
+            await producer.enqueue_batch([{"i": i} for i in range(3)])
+        started, stop = asyncio.Event(), asyncio.Event()
+
+        async def stuck(message: QueueMessage) -> None:
+            started.set()
+            await asyncio.Event().wait()
+
+        async with Consumer(dsn, queue, "c", 2, visibility_timeout=30) as consumer:
+            run = asyncio.create_task(consumer.consume(stuck, batch_size=3, concurrency=3,
+                                                       stop=stop, grace_period=0))
+            await asyncio.wait_for(started.wait(), 5)
+            stop.set()
+            assert await asyncio.wait_for(run, 10) == 0
+        assert len(armed) == 1 and armed[0].cancelled()
+    finally:
+        del loop.call_later
