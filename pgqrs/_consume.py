@@ -170,6 +170,10 @@ class AckBatcher:
         if not self._pending:
             return
         batch, self._pending = self._pending, []
+        await self._archive_batch(batch)
+
+    async def _archive_batch(self, batch: list[_Delivery]) -> None:
+        """``flush`` of ``batch``: failures (``DatabaseError``) go back to the queue."""
         try:
             # The messages themselves: each names its delivery (read_ct), so an ack that
             # comes after a redelivery (lease ran out, identity taken over) is refused.
@@ -186,11 +190,25 @@ class AckBatcher:
     async def claim_after(self, claim: ClaimAfter) -> list[QueueMessage]:
         """Archive what is queued and claim, in one statement; return what was claimed.
 
-        On any error nothing was archived (the statement is atomic, and a refusal comes
-        before it): the deliveries stay queued, and the error propagates to the loop,
-        which handles it as a failed claim.
+        Deliveries of ordered groups are archived first, on their own (as ``flush``
+        does): their statement hands the groups over and commits by itself, so each is
+        settled on that statement's result. Were they sent with the claim, a claim that
+        failed after their statement committed would queue them again, and the retry,
+        refused by the fence, would report archived messages as abandoned. The fused
+        statement is atomic: on any error nothing of it was archived, its deliveries stay
+        queued, and the error propagates to the loop, which handles it as a failed claim.
         """
-        batch, self._pending = self._pending, []
+        held: list[_Delivery] = []
+        grouped = [d for d in self._pending if d.message.group is not None]
+        if grouped:
+            plain = [d for d in self._pending if d.message.group is None]
+            self._pending = []
+            try:
+                await self._archive_batch(grouped)
+            finally:
+                # Grouped ones that failed wait for the next flush, out of this claim.
+                held, self._pending = self._pending, plain
+        batch, self._pending = self._pending, held
         try:
             done, claimed = await claim([d.message for d in batch])
         except BaseException:

@@ -161,9 +161,11 @@ class Consumer(WorkerClient):
         per message, not two. Each acknowledgement is fenced as in ``archive``: pass the
         ``QueueMessage`` (or its id: this consumer's delivery of it); a delivery it no
         longer holds (its lease ran out and it was delivered again) is refused, False.
-        The claim never returns one of ``done``, even a refused one. Messages of ordered
-        groups are archived in a statement of their own first (it hands their groups
-        over, so a group's next message can be claimed by the same call).
+        The claim never returns a message of ``done`` that is not in an ordered group,
+        even a refused one. Messages of ordered groups are archived in a statement of
+        their own first (it hands their groups over, so a group's next message can be
+        claimed by the same call; a refused one may be claimed again like any other).
+        That statement commits by itself: if the call then fails, they stay archived.
 
         Example:
             acked, messages = await consumer.archive_and_dequeue([], limit=1)

@@ -15,7 +15,15 @@ from typing import Any
 import asyncpg
 import pytest
 
-from pgqrs import Admin, Consumer, Producer, QueueMessage, StateError, ValidationError
+from pgqrs import (
+    Admin,
+    Consumer,
+    DatabaseError,
+    Producer,
+    QueueMessage,
+    StateError,
+    ValidationError,
+)
 
 
 async def sql(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
@@ -224,3 +232,33 @@ async def test_a_suspended_loop_still_archives_what_its_handlers_finished(
         await consumer.resume()
         stop.set()
         assert await asyncio.wait_for(loop, 10) == 1
+
+
+async def test_a_failed_fused_claim_never_reports_archived_grouped_messages_abandoned(
+        dsn: str, queue: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Grouped acks commit in a statement of their own: if the fused statement after it
+    fails (the database went away), the loop must not queue them again, or the retry,
+    refused by the fence, would report archived messages as abandoned."""
+    async with Producer(dsn, queue, "p", 1) as producer:
+        (grouped,) = await producer.enqueue_batch([{"g": 1}], group="order-1")
+        plain = await producer.enqueue_batch([{"p": 1}, {"p": 2}])
+    outcomes: dict[int, str] = {}
+    async with Consumer(dsn, queue, "c", 2, poll_interval=0.05) as consumer:
+        repository = consumer._messages  # the statement under the public method
+        real = repository.ack_and_dequeue
+        failures = []
+
+        async def fails_once(*args: Any, **kwargs: Any) -> Any:
+            if not failures:
+                failures.append(kwargs.get("ids"))
+                raise DatabaseError("Database error: connection reset (injected)")
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(repository, "ack_and_dequeue", fails_once)
+        done = await consumer.consume(
+            lambda m: asyncio.sleep(0), batch_size=3, concurrency=3, stop_when_idle=True,
+            on_settled=lambda e: outcomes.__setitem__(e.message.id, str(e.outcome)))
+    assert failures, "the injected failure never happened"
+    assert done == 3
+    assert outcomes == {i: "succeeded" for i in (grouped, *plain)}
+    assert await archived(dsn) == [(i, 1) for i in sorted((grouped, *plain))]
