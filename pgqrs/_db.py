@@ -124,14 +124,15 @@ def create_engine(dsn: str, settings: Settings, *, pooled: bool = True,
     ``pooled=False`` opens a connection per transaction and keeps none, for clients like
     Admin whose users often never close them (the seed's examples don't).
     ``generic_plans=True`` runs ``GENERIC_PLANS`` on every new connection (not with
-    ``settings.pgbouncer``), for the clients that run the hot statements.
+    ``settings.pgbouncer``, nor when ``settings.generic_plans`` is off), for the clients
+    that run the hot statements.
 
     Raises:
         ConfigurationError: the DSN is not a PostgreSQL URL.
     """
     parsed = _dsn.parse(dsn)
     connect_timeout = parsed.connect_timeout or settings.connect_timeout
-    generic_plans = generic_plans and not settings.pgbouncer
+    generic_plans = generic_plans and settings.generic_plans and not settings.pgbouncer
 
     async def connect() -> asyncpg.Connection:
         conn = await asyncpg.connect(

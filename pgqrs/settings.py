@@ -71,6 +71,10 @@ class Settings:
     """Seconds a single statement may run before it is cancelled (client side)."""
     pgbouncer: bool = False
     """Transaction-pooling mode: no prepared-statement reuse, no LISTEN."""
+    generic_plans: bool = True
+    """Plan the hot statements once per connection (``plan_cache_mode =
+    force_generic_plan``) on the connections a Producer or Consumer opens itself; never on
+    a host's engine, and not with ``pgbouncer``. False keeps PostgreSQL's default."""
     heartbeat_interval: float = 5.0
     """Seconds between automatic worker heartbeats."""
     stale_after: float | None = None
@@ -105,6 +109,9 @@ class Settings:
         # Far beyond any sane document, and well inside Python's and PostgreSQL's stack limits.
         _positive("max_payload_depth", self.max_payload_depth, integer=True,
                   upper=MAX_PAYLOAD_DEPTH)
+        if not isinstance(self.generic_plans, bool):
+            raise errors.ConfigurationError(
+                f"generic_plans must be True or False, got {self.generic_plans!r}")
         if not isinstance(self.max_overflow, int) or self.max_overflow < 0:
             raise errors.ConfigurationError("max_overflow must be an integer >= 0")
         if self.stale_after is not None:

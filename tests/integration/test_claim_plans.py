@@ -258,6 +258,7 @@ async def test_only_a_workers_own_connections_plan_generically(dsn: str, queue: 
     async with (Producer(dsn, queue, "p", 1) as producer,
                 Consumer(dsn, queue, "c", 2) as consumer,
                 Consumer(dsn, queue, "c", 3, pgbouncer=True) as bounced,
+                Consumer(dsn, queue, "c", 5, generic_plans=False) as opted_out,
                 Admin(dsn) as admin):
         await producer.enqueue_batch([{"i": i} for i in range(30)])
         for _ in range(12):
@@ -276,6 +277,8 @@ async def test_only_a_workers_own_connections_plan_generically(dsn: str, queue: 
         # Not behind pgbouncer (nothing sticks to a server connection there), not Admin's.
         assert await _plan_cache_mode(bounced._db) == "auto"  # type: ignore[attr-defined]
         assert await _plan_cache_mode(admin._db) == "auto"  # type: ignore[attr-defined]
+        # A user who turned it off (generic_plans=False, PGQRS_GENERIC_PLANS=false).
+        assert await _plan_cache_mode(opted_out._db) == "auto"  # type: ignore[attr-defined]
     # A host's engine is not pgqrs's to reconfigure.
     engine = create_async_engine(dsn.replace("postgresql://", "postgresql+asyncpg://", 1))
     try:
