@@ -28,6 +28,7 @@ REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 GRANT CONNECT ON DATABASE {db} TO {role};
 GRANT USAGE ON SCHEMA public TO {role};
 GRANT SELECT ON pgqrs_queues, pgqrs_alembic_version TO {role};
+GRANT UPDATE (created_at) ON pgqrs_queues TO {role};
 GRANT SELECT, INSERT, UPDATE ON pgqrs_workers TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgqrs_messages TO {role};
 GRANT SELECT, INSERT ON pgqrs_archive TO {role};
