@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import asyncpg
 import pytest
+from _sql import sql
 
 from pgqrs import (
     Admin,
@@ -24,14 +24,6 @@ from pgqrs import (
     StateError,
     ValidationError,
 )
-
-
-async def sql(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetch(query, *args)
-    finally:
-        await conn.close()
 
 
 async def archived(dsn: str) -> list[tuple[int, int]]:

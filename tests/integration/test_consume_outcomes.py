@@ -16,20 +16,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
+from _sql import sql
 
 from pgqrs import Admin, Consumer, Outcome, Producer, QueueMessage, Settled, ValidationError
 
 PROC = Path(__file__).with_name("consume_proc.py")
 
-
-async def sql(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetch(query, *args)
-    finally:
-        await conn.close()
 
 
 async def archive_counts(dsn: str) -> Counter[bool]:

@@ -8,18 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+from _sql import sql
 
 import pgqrs
 from pgqrs import Admin, Consumer, Maintenance, Producer, ValidationError
 from pgqrs import maintenance as maintenance_module
-
-
-async def sql(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetch(query, *args)
-    finally:
-        await conn.close()
 
 
 async def archive_rows(dsn: str, queue: str, ages_days: list[float], *,

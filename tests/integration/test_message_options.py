@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import asyncpg
 import pytest
+from _sql import sql
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from pgqrs import (
@@ -25,14 +25,6 @@ from pgqrs import (
     ValidationError,
 )
 from pgqrs.repositories import MessageRepository
-
-
-async def sql(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetch(query, *args)
-    finally:
-        await conn.close()
 
 
 async def group_invariant(dsn: str) -> None:

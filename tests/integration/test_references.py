@@ -12,6 +12,7 @@ from datetime import timedelta
 
 import asyncpg
 import pytest
+from _sql import sql
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -37,13 +38,6 @@ SELECT
     AS consumers
 """
 
-
-async def sql(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetch(query, *args)
-    finally:
-        await conn.close()
 
 
 async def dangling(dsn: str) -> tuple[int, int, int]:

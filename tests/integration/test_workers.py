@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import asyncpg
 import pytest
+from _sql import sql
 
 from pgqrs import (
     Admin,
@@ -24,13 +24,6 @@ from pgqrs import (
 
 WORKER_PROC = Path(__file__).with_name("worker_proc.py")
 
-
-async def sql(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetch(query, *args)
-    finally:
-        await conn.close()
 
 
 async def test_live_duplicate_is_refused_and_stopped_row_is_taken_over(dsn: str,
